@@ -1,0 +1,200 @@
+"""The pipeline runner: the numbered notebooks, in order, through papermill, as one MLflow run tree.
+
+pipeline run (parent)            params, git commit, package versions
+  01_use_case (child)            each notebook logs to its own child run,
+  02_data_preparation (child)    and the executed notebook is attached to it
+  ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import papermill
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from . import params as P
+from . import tracking
+from .project import RUN_DIR_ENV, project_root
+
+NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
+KERNEL = "python3"  # the interpreter running this command, so notebooks see the same packages
+PARENT_RUN_ENV = "PIPELINE_PARENT_RUN_ID"
+
+
+class PipelineError(RuntimeError):
+    """A notebook failed; the message names it, the cell, the error and the executed copy."""
+
+
+@dataclass
+class Plan:
+    """What a pipeline run will do, fully checked before the first notebook starts."""
+
+    notebooks: list[Path]
+    values: dict[Path, dict[str, Any]]
+    tree: dict[str, Any]
+    smoke: bool = False
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    run_dir: Path
+    executed: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def discover(notebook_dir: Path) -> list[Path]:
+    """The numbered notebooks, in the order their numbers give."""
+    return sorted(notebook_dir.glob(NOTEBOOK_PATTERN))
+
+
+def select(notebooks: list[Path], only: list[str] | None = None, start: str | None = None):
+    """Part of the pipeline: `--only 02 03` or `--from 03` (a number or a file name)."""
+
+    def matches(notebook: Path, wanted: str) -> bool:
+        return (
+            notebook.stem == wanted
+            or notebook.name == wanted
+            or notebook.stem[:2] == wanted.zfill(2)
+        )
+
+    def find(wanted: str) -> Path:
+        for notebook in notebooks:
+            if matches(notebook, wanted):
+                return notebook
+        names = ", ".join(n.stem for n in notebooks)
+        raise P.ParamsError(f"no notebook matches {wanted!r}; the notebooks are: {names}")
+
+    if only:
+        return [find(wanted) for wanted in only]
+    if start:
+        return notebooks[notebooks.index(find(start)) :]
+    return notebooks
+
+
+def plan(
+    param_files: list[Path] | None = None,
+    sets: list[str] | None = None,
+    smoke: bool = False,
+    only: list[str] | None = None,
+    start: str | None = None,
+) -> Plan:
+    """Resolve and check every notebook's parameters; raises ParamsError listing every problem."""
+    root = project_root()
+    base = P.load_yaml(root / P.PARAMS_FILE)
+    tree, raw_sets = P.resolve(base, param_files or [], sets or [], smoke=smoke)
+    notebooks = select(discover(root / "notebooks"), only, start)
+    values, problems = {}, []
+    for notebook in notebooks:
+        try:
+            declared = P.read_notebook_params(notebook)
+            values[notebook] = P.notebook_values(tree, declared, raw_sets)
+        except P.ParamsError as error:
+            problems.append(str(error))
+    if problems:
+        raise P.ParamsError("\n".join(problems))
+    return Plan(notebooks, values, tree, smoke)
+
+
+def run(the_plan: Plan, echo=print) -> Outcome:
+    """Execute the plan; raises PipelineError when a notebook fails (its runs marked FAILED)."""
+    started = time.perf_counter()
+    experiment_id = tracking.configure()
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    tags = {**tracking.git_tags(), "smoke": str(the_plan.smoke).lower(), "kind": "pipeline"}
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"pipeline-{stamp}", tags=tags
+    ) as parent:
+        run_id = parent.info.run_id
+        run_dir = project_root() / "runs" / f"{stamp}-{run_id[:8]}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _log_context(the_plan, run_dir)
+        outcome = Outcome(run_id, run_dir)
+        for number, notebook in enumerate(the_plan.notebooks, start=1):
+            echo(f"[{number}/{len(the_plan.notebooks)}] {notebook.stem} ...", end=" ", flush=True)
+            began = time.perf_counter()
+            executed = _run_notebook(notebook, the_plan.values[notebook], run_dir, parent, tags)
+            outcome.executed.append(executed)
+            echo(f"done in {time.perf_counter() - began:.1f} s")
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _log_context(the_plan: Plan, run_dir: Path) -> None:
+    """What makes the run reproducible: the parameters, the packages and where the outputs are."""
+    settings = P.leaves({k: v for k, v in the_plan.tree.items() if k not in P.RUNNER_SECTIONS})
+    mlflow.log_params({key: str(value)[:500] for key, value in settings.items()})
+    mlflow.log_dict(the_plan.tree, "params.yaml")
+    mlflow.log_text(tracking.environment_lines(), "environment.txt")
+    mlflow.set_tags({f"version.{k}": v for k, v in tracking.package_versions().items()})
+    mlflow.set_tag("run_dir", str(run_dir))
+
+
+def _run_notebook(
+    notebook: Path, values: dict[str, Any], run_dir: Path, parent: mlflow.ActiveRun, tags: dict
+) -> Path:
+    client = mlflow.MlflowClient()
+    parent_id = parent.info.run_id
+    child = client.create_run(
+        parent.info.experiment_id,
+        tags={**tags, MLFLOW_PARENT_RUN_ID: parent_id, MLFLOW_RUN_NAME: notebook.stem,
+              "notebook": notebook.name, "kind": "notebook"},
+    )  # fmt: skip
+    child_id = child.info.run_id
+    executed = run_dir / notebook.name
+    env = {"MLFLOW_RUN_ID": child_id, RUN_DIR_ENV: str(run_dir), PARENT_RUN_ENV: parent_id}
+    try:
+        with _environment(env):
+            papermill.execute_notebook(
+                notebook,
+                executed,
+                parameters=values,
+                kernel_name=KERNEL,
+                cwd=notebook.parent,
+                progress_bar=False,
+                log_output=False,
+                # Quiet the kernel's start-up warning about TCP on loopback; errors still show.
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            )
+    except papermill.PapermillExecutionError as error:
+        _finish(client, child_id, executed, "FAILED")
+        raise PipelineError(
+            f"{notebook.name} failed in cell {error.cell_index + 1} "
+            f"(execution count {error.exec_count}): {error.ename}: {error.evalue}\n"
+            f"Executed notebook, with the failed cell marked: {executed}"
+        ) from None
+    except BaseException:
+        _finish(client, child_id, executed, "KILLED")
+        raise
+    _finish(client, child_id, executed, "FINISHED")
+    return executed
+
+
+def _finish(client: mlflow.MlflowClient, run_id: str, executed: Path, status: str) -> None:
+    if executed.exists():
+        client.log_artifact(run_id, str(executed), artifact_path="notebook")
+    client.set_terminated(run_id, status=status)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set variables for the kernel papermill starts (it inherits this process's environment)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

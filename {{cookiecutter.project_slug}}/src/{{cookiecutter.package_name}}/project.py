@@ -1,0 +1,57 @@
+"""Where things live: the project root, the run folder notebooks share, and what one phase hands on."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+PROJECT_NAME = "{{ cookiecutter.project_slug }}"
+RUN_DIR_ENV = "PIPELINE_RUN_DIR"  # set by the pipeline runner for the notebooks it executes
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The folder holding params.yaml, found from `start` (the working directory) upwards."""
+    if env_root := os.environ.get("PROJECT_ROOT"):
+        return Path(env_root).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file() and (folder / "pyproject.toml").is_file():
+            return folder
+    # An installed package outside its checkout (a container) still knows its own tree.
+    return Path(__file__).resolve().parents[2]
+
+
+def run_dir() -> Path:
+    """The folder where this pipeline run's notebooks leave data for the next ones.
+
+    The runner gives each run its own folder; a notebook opened in JupyterLab uses runs/interactive.
+    """
+    folder = Path(os.environ.get(RUN_DIR_ENV) or project_root() / "runs" / "interactive")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _handoff_file() -> Path:
+    return run_dir() / "handoff.json"
+
+
+def hand_on(**values: Any) -> None:
+    """Record values a later phase needs (a data path, a run id, a model URI)."""
+    path = _handoff_file()
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known.update(values)
+    path.write_text(json.dumps(known, indent=2, default=str))
+
+
+def handed_on(key: str, producer: str) -> Any:
+    """A value an earlier phase recorded, or a clear error naming the notebook to run first."""
+    path = _handoff_file()
+    known = json.loads(path.read_text()) if path.exists() else {}
+    if key not in known:
+        raise RuntimeError(
+            f"'{key}' is missing from {path}: it is written by {producer}. "
+            f"Run {producer} first (or the whole pipeline)."
+        )
+    return known[key]
