@@ -54,12 +54,18 @@ def main() -> int:
         subprocess.run(["uv", "sync", "-q"], cwd=baked, check=True)
         subprocess.run(["uv", "run", "--no-sync", BAKED["slug"], "fix"], cwd=baked, check=False)
         for notebook in sorted((baked / "notebooks").glob("*.ipynb")):
-            (PROJECT / "notebooks" / notebook.name).write_text(untemplate(notebook.read_text()))
+            target = PROJECT / "notebooks" / notebook.name
+            text = untemplate(notebook.read_text())
+            if target.read_text() != text:  # write only what changed: others may be editing
+                target.write_text(text)
+                print(f"refreshed {target.relative_to(TEMPLATE)}")
         package = PROJECT / "src" / "{{cookiecutter.package_name}}"
         for module in sorted((baked / "src" / BAKED["package"]).rglob("*.py")):
             text = module.read_text()
             target = package / module.relative_to(baked / "src" / BAKED["package"])
             if text.startswith(EXPORTED_HEADER) or module.name == "_modidx.py":
+                if target.exists() and target.read_text() == untemplate(text):
+                    continue
                 target.write_text(untemplate(text))
                 print(f"refreshed {target.relative_to(TEMPLATE)}")
             elif target.exists() and not _has_jinja(target) and target.read_text() != text:
