@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,13 +27,15 @@ def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+PASS_THROUGH = ("lab", "test")  # commands that hand unknown options to the tool they wrap
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROJECT_NAME, description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("setup", help="register the project's Jupyter kernel (after `uv sync`)")
-    lab = commands.add_parser("lab", help="open JupyterLab on the project")
-    lab.add_argument("extra", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
+    commands.add_parser("lab", help="open JupyterLab on the project (other options go to jupyter)")
 
     pipeline = commands.add_parser("pipeline", help="run the numbered notebooks in order")
     _pipeline_arguments(pipeline)
@@ -45,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("check", help="lint, format, clean notebooks, export and params in sync")
     commands.add_parser("fix", help="make `check` pass where a tool can (changes files)")
-    test = commands.add_parser("test", help="run the project's tests")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
+    commands.add_parser("test", help="run the project's tests (other options go to pytest)")
     clean = commands.add_parser("clean", help="remove executed notebooks and build leftovers")
     clean.add_argument("--all", action="store_true", help="also delete the local MLflow store")
     ui = commands.add_parser("ui", help="open the MLflow UI on this project's store")
@@ -55,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in PASS_THROUGH:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     handler = globals()[f"_cmd_{args.command}"]
     try:
         return handler(args) or 0
@@ -135,7 +141,8 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
     from .project import project_root
 
-    return pytest.main(["--rootdir", str(project_root()), str(project_root()), *args.pytest_args])
+    os.chdir(project_root())  # pytest reads its settings from pyproject.toml here
+    return pytest.main(args.extra)
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 # %% auto #0
 __all__ = ['SERVING_PACKAGES', 'build_preprocessor', 'make_estimator', 'make_pipeline_for', 'CandidateResult', 'scorer_for',
-           'folds', 'tune', 'log_candidate', 'pick_best', 'pinned_requirements', 'log_model']
+           'folds', 'SearchSettings', 'tune', 'log_candidate', 'pick_best', 'pinned_requirements', 'log_model']
 
 # %% ../../notebooks/03_modelling.ipynb #0c43abb2
 from dataclasses import dataclass
@@ -98,11 +98,20 @@ def folds(task: str, n_folds: int, seed: int):
     return splitter(n_splits=n_folds, shuffle=True, random_state=seed)
 
 
+@dataclass(frozen=True)
+class SearchSettings:
+    n_folds: int
+    n_iter: int  # settings tried per candidate
+    seed: int
+    n_jobs: int = 1  # parallel fits; starting workers costs seconds, worth it on larger data only
+
+
 def tune(
     name: str, task: str, X: pd.DataFrame, y: pd.Series, metric: str, space: dict,
-    n_folds: int, n_iter: int, seed: int,
+    settings: SearchSettings,
 ) -> CandidateResult:  # fmt: skip
     """Random search over `space` (parameter -> values); a candidate without a space is scored as is."""
+    n_folds, n_iter, seed = settings.n_folds, settings.n_iter, settings.seed
     pipeline = make_pipeline_for(name, task, seed)
     scoring, cv = scorer_for(metric, y), folds(task, n_folds, seed)
     grid = {f"model__{param}": values for param, values in (space or {}).items()}
@@ -113,7 +122,7 @@ def tune(
     size = int(np.prod([len(values) for values in grid.values()]))
     search = RandomizedSearchCV(
         pipeline, grid, n_iter=min(n_iter, size), scoring=scoring, cv=cv, random_state=seed,
-        n_jobs=-1, error_score="raise",
+        n_jobs=settings.n_jobs, error_score="raise",
     )  # fmt: skip
     search.fit(X, y)
     scores = np.array(

@@ -1,0 +1,150 @@
+"""The slow lane: generated projects installed in their own venvs and run for real.
+
+Projects are baked and installed once per session and shared by every slow test; a test that needs
+a project in a particular state (a pipeline already run, a champion registered) asks for the fixture
+that produces that state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cookiecutter.main import cookiecutter
+
+TEMPLATE = Path(__file__).resolve().parents[2]
+ENGINE_SCRIPT = TEMPLATE / ".ci" / "engine"
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Project:
+    """A generated project with its own .venv, and ways to run its commands."""
+
+    root: Path
+    slug: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def python(self) -> Path:
+        return self.root / ".venv" / "bin" / "python"
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI")}
+        env["PATH"] = f"{self.root / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
+        return env | (extra or {})
+
+    def run(self, *command: str, check: bool = True, timeout: float = 900, env=None):
+        """Run a command in the project folder; on failure the error shows its output."""
+        done = subprocess.run(
+            command, cwd=self.root, env=self.env(env), text=True, capture_output=True,
+            timeout=timeout, check=False,
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            pytest.fail(
+                f"`{' '.join(command)}` exited {done.returncode}\n"
+                f"--- stdout ---\n{done.stdout[-6000:]}\n--- stderr ---\n{done.stderr[-6000:]}"
+            )
+        return done
+
+    def cli(self, *args: str, **kwargs):
+        """The project's own console script, as `make` targets call it."""
+        return self.run(str(self.root / ".venv" / "bin" / self.slug), *args, **kwargs)
+
+    def make(self, target: str, args: str = "", **kwargs):
+        return self.run("make", target, *([f"ARGS={args}"] if args else []), **kwargs)
+
+    def python_json(self, code: str, **kwargs):
+        """Run Python in the project's venv and parse the JSON it prints on its last line."""
+        done = self.run(str(self.python), "-c", textwrap.dedent(code), **kwargs)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def mlflow_query(self, code: str):
+        """Query the project's MLflow store with its own MLflow; `client` and `runs` are ready."""
+        prelude = f"""
+            import json, mlflow
+            from {self.options['package_name']}.tracking import configure, EXPERIMENT_NAME, MODEL_NAME
+            experiment_id = configure()
+            client = mlflow.MlflowClient()
+            runs = client.search_runs([experiment_id], max_results=1000)
+        """
+        return self.python_json(textwrap.dedent(prelude) + textwrap.dedent(code))
+
+
+def bake(output_dir: Path, **options) -> Project:
+    context = {"project_name": "Slow Lane", "git_init": True, **options}
+    root = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(output_dir), extra_context=context))
+    package = root.name.replace("-", "_")
+    return Project(root, root.name, {"package_name": package, **context})
+
+
+def install(project: Project) -> Project:
+    """`make setup` as a user runs it: uv creates .venv and installs the project."""
+    project.make("setup", env={"UV_COMPILE_BYTECODE": "1"})
+    return project
+
+
+@pytest.fixture(scope="session")
+def project_factory(tmp_path_factory):
+    """Bake and install a project once per distinct set of options."""
+    made: dict[tuple, Project] = {}
+
+    def make_project(**options) -> Project:
+        key = tuple(sorted(options.items()))
+        if key not in made:
+            folder = tmp_path_factory.mktemp("project")
+            made[key] = install(bake(folder, **options))
+        return made[key]
+
+    return make_project
+
+
+@pytest.fixture(scope="session", params=["classification", "regression"])
+def task(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def project(project_factory, task) -> Project:
+    """An installed project with default options for each task."""
+    name = "Slow Classifier" if task == "classification" else "Slow Regressor"
+    return project_factory(task=task, project_name=name)
+
+
+@pytest.fixture(scope="session")
+def smoked_project(project) -> Project:
+    """The project after one successful smoke pipeline run (a champion registered, when 05 exists)."""
+    project.cli("pipeline", "--smoke")
+    return project
+
+
+def engine_problem() -> str | None:
+    """Why no Docker engine can be used here, or None when one answers."""
+    if shutil.which("docker") is None:
+        return "no docker client on PATH"
+    done = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
+    return None if done.returncode == 0 else f"`docker info` failed: {done.stderr.strip()[:200]}"
+
+
+@pytest.fixture(scope="session")
+def docker_base_image() -> str:
+    """The base image to build against: the official one, or the local stand-in CI makes."""
+    problem = engine_problem()
+    if problem:
+        message = f"NO DOCKER ENGINE ({problem}): image tests SKIPPED. CI starts one with .ci/engine."
+        print(f"\n{'!' * 80}\n{message}\n{'!' * 80}")
+        pytest.skip(message)
+    if image := os.environ.get("BASE_IMAGE"):
+        return image
+    local = subprocess.run(
+        [str(ENGINE_SCRIPT), "base-image"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    present = subprocess.run(["docker", "image", "inspect", local], capture_output=True, check=False)
+    return local if local and present.returncode == 0 else "python:3.11-slim-bookworm"

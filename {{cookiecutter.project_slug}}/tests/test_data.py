@@ -1,0 +1,124 @@
+"""Data preparation: loading, the checks that stop bad data, cleaning and splitting."""
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+import pytest
+
+from {{ cookiecutter.package_name }}.data import (
+    DataValidationError,
+    apply_schema,
+    check_missing,
+    check_rows,
+    check_target,
+    clean,
+    load_dataset,
+    load_demo,
+    sample,
+    split,
+)
+
+
+def frame(rows: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "age": rng.integers(18, 90, rows),
+            "city": rng.choice(["Lyon", "Oslo", None], rows),
+            "label": rng.choice(["a", "b", "c"], rows),
+        }
+    )
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_demo_data_loads_offline_with_its_target(task):
+    data, target = load_demo(task)
+    assert target in data.columns and len(data) > 400
+    if task == "classification":
+        assert set(data[target]) == {"malignant", "benign"}
+
+
+def test_csv_and_parquet_load(isolated_project):
+    data = frame()
+    data.to_csv(isolated_project / "d.csv", index=False)
+    data.to_parquet(isolated_project / "d.parquet")
+    assert load_dataset("d.csv", "classification").shape == data.shape
+    assert load_dataset(str(isolated_project / "d.parquet"), "classification").shape == data.shape
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        (None, "absent.csv", "no file at"),
+        ("", "empty.csv", "is empty"),
+        ("a,b\n", "header_only.csv", "has no rows"),
+        ("x", "data.xlsx", "use a .csv or .parquet file"),
+    ],
+)
+def test_unusable_files_fail_clearly(isolated_project, content, name, message):
+    if content is not None:
+        (isolated_project / name).write_text(content)
+    with pytest.raises(DataValidationError, match=message) as error:
+        load_dataset(name, "classification")
+    assert error.value.check == "readable file"
+
+
+def test_missing_target_names_the_column_and_the_alternatives():
+    with pytest.raises(DataValidationError, match=r"'churn'.*set data.target to one of: age, city"):
+        check_target(frame(), "churn", "classification", 1)
+
+
+def test_single_class_and_rare_classes_stop():
+    one_class = frame().assign(label="a")
+    with pytest.raises(DataValidationError, match=r"single class"):
+        check_target(one_class, "label", "classification", 1)
+    with pytest.raises(DataValidationError, match=r"fewer than data.min_rows_per_class=100"):
+        check_target(frame(), "label", "classification", 100)
+
+
+def test_regression_target_must_be_numeric():
+    with pytest.raises(DataValidationError, match=r"regression needs numbers"):
+        check_target(frame(), "label", "regression", 1)
+
+
+def test_empty_and_mostly_missing_columns_stop():
+    with pytest.raises(DataValidationError, match=r"column 'gone': every value is missing"):
+        check_missing(frame().assign(gone=None), 0.5)
+    sparse = frame().assign(city=[None] * 30 + ["Oslo"] * 10)
+    with pytest.raises(DataValidationError, match=r"column 'city': 75% missing"):
+        check_missing(sparse, 0.5)
+
+
+def test_too_few_rows_for_the_folds():
+    with pytest.raises(DataValidationError, match=r"too few for modelling.cv_folds=5"):
+        check_rows(frame(6), 5)
+
+
+def test_schema_drops_impossible_values_and_stops_on_wrong_types():
+    schema = pa.DataFrameSchema({"age": pa.Column(float, pa.Check.in_range(0, 120), nullable=True)})
+    data = pd.DataFrame({"age": [30.0, 150.0, -1.0, 45.0]})
+    kept, dropped = apply_schema(data, schema)
+    assert dropped == 2 and kept["age"].tolist() == [30.0, 45.0]
+    with pytest.raises(DataValidationError, match=r"schema.*column 'age'"):
+        apply_schema(pd.DataFrame({"age": ["thirty", "forty"]}), schema)
+
+
+def test_clean_drops_duplicates_and_missing_targets_and_makes_integers_float():
+    data = pd.concat([frame(), frame().head(5)]).assign(
+        label=lambda d: d["label"].where(d.index != 3)
+    )
+    cleaned, counts = clean(data, "label", drop_duplicates=True)
+    assert counts["duplicates"] > 0 and counts["missing_target"] == 2
+    assert cleaned["age"].dtype == "float64" and not cleaned.duplicated().any()
+
+
+def test_sample_keeps_class_shares_and_split_is_stratified_and_seeded():
+    data = frame(400)
+    small = sample(data, 100, "label", "classification", seed=1)
+    assert len(small) == 100
+    first = split(data, "label", "classification", 0.25, seed=3)
+    again = split(data, "label", "classification", 0.25, seed=3)
+    pd.testing.assert_frame_equal(first.test, again.test)
+    shares = first.test["label"].value_counts(normalize=True)
+    overall = data["label"].value_counts(normalize=True)
+    assert (shares - overall).abs().max() < 0.05

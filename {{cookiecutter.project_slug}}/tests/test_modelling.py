@@ -1,0 +1,74 @@
+"""Modelling: preprocessing by column type, candidates, the cross-validated search."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from {{ cookiecutter.package_name }}.modelling import (
+    SearchSettings,
+    build_preprocessor,
+    make_pipeline_for,
+    pick_best,
+    scorer_for,
+    tune,
+)
+
+
+def mixed_frame(rows: int = 120, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(
+        {
+            "income": rng.normal(50, 10, rows),
+            "colour": rng.choice(["red", "green", "blue"], rows),
+        }
+    )
+    X.loc[::7, "income"] = np.nan
+    X.loc[::11, "colour"] = None
+    y = pd.Series(np.where(X["income"].fillna(50) > 50, "high", "low"), name="y")
+    return X, y
+
+
+def test_preprocessor_imputes_scales_and_encodes_by_column_type():
+    X, _ = mixed_frame()
+    features = build_preprocessor().fit_transform(X)
+    assert not np.isnan(features).any()
+    assert features.shape[1] == 1 + 3  # income, plus one column per colour
+
+
+def test_unseen_category_at_prediction_time_does_not_fail():
+    X, y = mixed_frame()
+    model = make_pipeline_for("linear", "classification", seed=0).fit(X, y)
+    unseen = X.head(2).assign(colour="purple")
+    assert len(model.predict(unseen)) == 2
+
+
+def test_unknown_candidate_names_the_choices():
+    with pytest.raises(ValueError, match=r"unknown candidate 'svm'"):
+        make_pipeline_for("svm", "classification", seed=0)
+
+
+def test_binary_roc_auc_uses_the_binary_scorer():
+    assert scorer_for("roc_auc", pd.Series(["a", "b"])) == "roc_auc"
+    assert scorer_for("roc_auc", pd.Series(["a", "b", "c"])) == "roc_auc_ovr"
+
+
+def test_search_is_reproducible_and_beats_the_baseline():
+    X, y = mixed_frame()
+    space = {"C": [0.1, 1.0, 10.0]}
+    settings = SearchSettings(n_folds=3, n_iter=2, seed=0)
+    first = tune("linear", "classification", X, y, "roc_auc", space, settings)
+    again = tune("linear", "classification", X, y, "roc_auc", space, settings)
+    baseline = tune("baseline", "classification", X, y, "roc_auc", {}, settings)
+    assert first.cv_mean == again.cv_mean and first.best_params == again.best_params
+    assert first.cv_mean > baseline.cv_mean + 0.2
+
+
+def test_errors_are_positive_and_lower_is_better():
+    X, _ = mixed_frame()
+    y = X["income"].fillna(50) * 2
+    results = [
+        tune(name, "regression", X, y, "mae", {}, SearchSettings(3, 1, seed=0))
+        for name in ("baseline", "linear")
+    ]
+    assert all(r.cv_mean > 0 for r in results)
+    assert pick_best(results, "mae").name == "linear"
