@@ -53,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--all", action="store_true", help="also delete the local MLflow store")
     ui = commands.add_parser("ui", help="open the MLflow UI on this project's store")
     ui.add_argument("--port", type=int, default=5000)
+    rollback = commands.add_parser("rollback", help="move the champion alias to the previous champion")
+    rollback.add_argument("--to", metavar="VERSION", help="move it to this model version instead")
+
+    serve = commands.add_parser("serve", help="serve the champion model locally, without Docker")
+    serve.add_argument("--version", help="model version to serve (default: the champion)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1")
+    image = commands.add_parser("image", help="build and check the champion's serving image")
+    image.add_argument("--version", help="model version to build (default: the champion)")
+    image.add_argument("--base-image", help="FROM image (default: $BASE_IMAGE or the Dockerfile's)")
+    image.add_argument("--no-build", action="store_true", help="only stage build/image/")
+    image.add_argument("--no-verify", action="store_true", help="do not run the image to check it")
     return parser
 
 
@@ -166,6 +178,53 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl+C stops it)")
     return subprocess.run(command, check=False).returncode
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from . import registry
+
+    try:
+        move = registry.rollback(to=args.to)
+    except registry.RegistryError as error:
+        return _fail(error)
+    print(move)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serving import export
+    from .serving.__main__ import run
+
+    try:
+        bundle, manifest = export.export_bundle(args.version)
+    except export.RegistryError as error:
+        return _fail(error)
+    model = manifest["model"]
+    print(f"Serving {model['name']} version {model['version']} from {bundle}")
+    print(f"  http://{args.host}:{args.port}/docs  (Ctrl+C stops it)")
+    return run(bundle, args.host, args.port)
+
+
+def _cmd_image(args: argparse.Namespace) -> int:
+    from .serving import export, image
+
+    try:
+        if args.no_build:
+            context, _ = image.stage(args.version)
+            print(f"Staged {context}; build it with: docker build -t {image.IMAGE_NAME}:dev .")
+            return 0
+        if args.no_verify:
+            built = image.build(args.version, args.base_image)
+            export.record_image(built.version, built.tag)
+            print(f"Image {built.tag} ({built.size_bytes / 1e6:.0f} MB); tag recorded")
+            return 0
+        tag = image.build_and_verify(args.version, base_image=args.base_image)
+    except (export.RegistryError, image.ImageError) as error:
+        return _fail(error)
+    if tag is None:
+        return 1
+    print(f"Image {tag}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -130,6 +130,7 @@ def load_schema(path: str, frame: pd.DataFrame) -> pa.DataFrameSchema:
     if file.is_file():
         return pa.DataFrameSchema.from_yaml(file)
     schema = pa.infer_schema(frame)
+    file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text(schema.to_yaml())
     warnings.warn(
         f"wrote {file}, inferred from this data: review its ranges, commit it", stacklevel=2

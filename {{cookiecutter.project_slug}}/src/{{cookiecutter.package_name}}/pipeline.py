@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from . import params as P
 from . import tracking
-from .project import RUN_DIR_ENV, project_root
+from .project import HANDOFF, RUN_DIR_ENV, latest_handoff, project_root
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 KERNEL = "python3"  # the interpreter running this command, so notebooks see the same packages
@@ -117,6 +118,7 @@ def run(the_plan: Plan, echo=print) -> Outcome:
         run_id = parent.info.run_id
         run_dir = project_root() / "runs" / f"{stamp}-{run_id[:8]}"
         run_dir.mkdir(parents=True, exist_ok=True)
+        _continue_from_latest(the_plan, run_dir, echo)
         _log_context(the_plan, run_dir)
         outcome = Outcome(run_id, run_dir)
         for number, notebook in enumerate(the_plan.notebooks, start=1):
@@ -127,6 +129,16 @@ def run(the_plan: Plan, echo=print) -> Outcome:
             echo(f"done in {time.perf_counter() - began:.1f} s")
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _continue_from_latest(the_plan: Plan, run_dir: Path, echo) -> None:
+    """A partial run (--only, --from) starts from what the newest earlier run handed on."""
+    if the_plan.notebooks == discover(project_root() / "notebooks"):
+        return
+    if previous := latest_handoff(exclude=run_dir):
+        shutil.copy(previous, run_dir / HANDOFF)
+        mlflow.set_tag("continues_from", str(previous.parent))
+        echo(f"Continuing from {previous.parent.name}")
 
 
 def _log_context(the_plan: Plan, run_dir: Path) -> None:

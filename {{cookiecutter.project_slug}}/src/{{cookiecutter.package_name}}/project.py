@@ -33,8 +33,18 @@ def run_dir() -> Path:
     return folder
 
 
+HANDOFF = "handoff.json"
+
+
 def _handoff_file() -> Path:
-    return run_dir() / "handoff.json"
+    return run_dir() / HANDOFF
+
+
+def latest_handoff(exclude: Path | None = None) -> Path | None:
+    """The newest pipeline run's handoff file (run folders are named by start time)."""
+    runs = project_root() / "runs"
+    found = sorted(p for p in runs.glob(f"*/{HANDOFF}") if p.parent != exclude and p.parent.name != "interactive")
+    return found[-1] if found else None
 
 
 def hand_on(**values: Any) -> None:
@@ -46,8 +56,13 @@ def hand_on(**values: Any) -> None:
 
 
 def handed_on(key: str, producer: str) -> Any:
-    """A value an earlier phase recorded, or a clear error naming the notebook to run first."""
+    """A value an earlier phase recorded, or a clear error naming the notebook to run first.
+
+    In JupyterLab, values not yet made in this session come from the newest pipeline run.
+    """
     path = _handoff_file()
+    if not path.exists() and RUN_DIR_ENV not in os.environ and (newest := latest_handoff()):
+        path = newest
     known = json.loads(path.read_text()) if path.exists() else {}
     if key not in known:
         raise RuntimeError(

@@ -63,7 +63,8 @@ def start_phase_run(phase: str) -> mlflow.ActiveRun:
     its id in MLFLOW_RUN_ID; opened in JupyterLab, the notebook gets a run of its own.
     """
     configure()
-    if run_id := os.environ.get("MLFLOW_RUN_ID"):
+    # Taken out of the environment: MLflow would otherwise resume this run for every nested run.
+    if run_id := os.environ.pop("MLFLOW_RUN_ID", None):
         return mlflow.start_run(run_id=run_id)
     return mlflow.start_run(run_name=phase, tags=git_tags())
 

@@ -1,0 +1,27 @@
+# The template repository's two entry points. Nothing needs installing first but Python 3.11+ and
+# make: uv is installed on first use.
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := python3 -m uv
+endif
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test fast docs
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-6s %s\n", $$1, $$2}'
+
+uv-present:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv
+
+demo: uv-present ## generate a default project in build/demo, set it up, run its pipeline, build its image
+	$(UV) run --group test python tools/demo.py
+
+test: uv-present ## the template's tests: the fast lane and the slow lane (generated projects run for real)
+	$(UV) run --group test pytest
+
+fast: uv-present ## only the fast lane (seconds)
+	$(UV) run --group test pytest -m "not slow"
+
+docs: uv-present ## build the documentation site into build/site
+	$(UV) run --group test mkdocs build --strict -f docs/mkdocs.yml

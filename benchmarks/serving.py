@@ -1,0 +1,385 @@
+"""The serving stack against MLflow's: latency, throughput, image size and start-up time.
+
+    uv run python benchmarks/serving.py PROJECT_DIR [--requests 2000] [--repeat 2] [--no-docker]
+
+PROJECT_DIR is a generated project after `make setup` and `make pipeline` (a registered champion).
+Everything runs on loopback, bounded by --requests per measurement:
+
+  * in process: the sklearn pipeline's predict on one row, MLflow's pyfunc predict, and this
+    server's whole request path without HTTP (parse, check, predict, JSON);
+  * over HTTP, one row per request, 1 and 8 concurrent keep-alive clients (threads):
+    `mlflow models serve --env-manager local` (1 worker) and this server (`python -m
+    <package>.serving`, uvicorn, 1 worker), both on the same exported model folder; the two are
+    measured in alternation --repeat times and the best run of each is kept (the machine is shared);
+  * with Docker (unless --no-docker): this project's image and one built from
+    `mlflow models generate-dockerfile` for the same model, both FROM $BASE_IMAGE (default
+    python:3.11-slim-bookworm): image size and seconds from `docker run` to the first /ping 200.
+
+Prints markdown tables with the ratios against MLflow. The images are tagged serving-benchmark/*
+(never the project's own tags) and removed at the end unless --keep-images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+IN_PROCESS = r"""
+import json, os, sys, time, statistics
+from pathlib import Path
+import importlib
+bundle = Path(sys.argv[2])
+served = importlib.import_module(sys.argv[1] + ".serving.model")
+schema = importlib.import_module(sys.argv[1] + ".serving.schema")
+model = served.load(bundle / "model")
+example = model.input_example
+one = {"columns": example["columns"], "data": example["data"][:1]}
+body = json.dumps({"dataframe_split": one}).encode()
+frame = model.frame(schema.parse_json(body, model.columns)[0].arrays)
+os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"  # our own model, just exported
+import mlflow
+pyfunc = mlflow.pyfunc.load_model(str(bundle / "model"))
+
+def server_path():
+    batch, _ = schema.parse_json(body, model.columns)
+    json.dumps({"predictions": model.predict(model.frame(batch.arrays))})
+
+cases = {
+    "sklearn predict(DataFrame)": lambda: model.estimator.predict(frame),
+    "MLflow pyfunc predict": lambda: pyfunc.predict(frame),
+    "this server's request path, no HTTP": server_path,
+}
+n = int(sys.argv[3])
+out = {}
+for name, call in cases.items():
+    for _ in range(50):
+        call()
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    times.sort()
+    out[name] = {"p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)]}
+print(json.dumps(out))
+"""
+
+EXPORT = r"""
+import json, sys, importlib
+export = importlib.import_module(sys.argv[1] + ".serving.export")
+bundle, manifest = export.export_bundle(sys.argv[3] or None, sys.argv[2])
+print(json.dumps({"bundle": str(bundle), "version": manifest["model"]["version"]}))
+"""
+
+STAGE = r"""
+import json, sys, importlib
+image = importlib.import_module(sys.argv[1] + ".serving.image")
+context, manifest = image.stage(sys.argv[2] or None, echo=lambda *a: None)
+print(json.dumps({"context": str(context), "version": manifest["model"]["version"]}))
+"""
+OUR_TAG = "serving-benchmark/this-server:latest"  # never the project's own tags
+MLFLOW_TAG = "serving-benchmark/mlflow-generated:latest"
+
+
+@dataclass
+class Project:
+    root: Path
+    package: str
+
+    @property
+    def bin(self) -> Path:
+        return self.root / ".venv" / "bin"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI")}
+        env["PATH"] = f"{self.bin}{os.pathsep}{env['PATH']}"
+        return env | extra
+
+    def python(self, code: str, *args: str, **env: str) -> dict:
+        done = subprocess.run(
+            [str(self.bin / "python"), "-c", code, self.package, *args],
+            cwd=self.root, env=self.env(**env), capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            sys.exit(f"failed in {self.root}:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def find_project(path: Path) -> Project:
+    root = path.resolve()
+    packages = [p.parent.name for p in (root / "src").glob("*/serving/app.py")]
+    if not (root / ".venv").is_dir() or not packages:
+        sys.exit(f"{root} is not a generated project after `make setup` (no .venv or serving app)")
+    return Project(root, packages[0])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_ping(port: int, process: subprocess.Popen | None = None, timeout: float = 180) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process is not None and process.poll() is not None:
+            sys.exit(f"server exited ({process.returncode}):\n{process.stderr.read()[-3000:]}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/ping")
+            if connection.getresponse().status == 200:
+                return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.05)
+    sys.exit(f"nothing answered /ping on port {port} within {timeout:.0f} s")
+
+
+# --- load ---------------------------------------------------------------------------------------------
+
+
+def load(port: int, body: bytes, requests: int, clients: int) -> dict:
+    """`requests` POSTs of `body` to /invocations over `clients` keep-alive connections."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def client(count: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine = []
+        headers = {"Content-Type": "application/json"}
+        for _ in range(count):
+            started = time.perf_counter()
+            connection.request("POST", "/invocations", body, headers)
+            answer = connection.getresponse()
+            answer.read()
+            mine.append(time.perf_counter() - started)
+            if answer.status != 200:
+                errors.append(str(answer.status))
+        with lock:
+            latencies.extend(mine)
+
+    client(min(200, requests))  # warm-up, not counted
+    latencies.clear()
+    threads = [threading.Thread(target=client, args=(requests // clients,)) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        sys.exit(f"non-200 answers during the load: {sorted(set(errors))}")
+    latencies.sort()
+    return {
+        "p50": latencies[len(latencies) // 2],
+        "p99": latencies[int(len(latencies) * 0.99)],
+        "rps": len(latencies) / elapsed,
+    }
+
+
+def start_mlflow(project: Project, model_dir: Path, port: int) -> subprocess.Popen:
+    command = [
+        str(project.bin / "mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager",
+        "local", "-h", "127.0.0.1", "-p", str(port),
+    ]  # fmt: skip
+    env = project.env(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="true")  # MLflow 3.17 gates every load
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def start_ours(project: Project, bundle: Path, port: int) -> subprocess.Popen:
+    command = [
+        str(project.bin / "python"), "-m", f"{project.package}.serving", "--bundle", str(bundle),
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    return subprocess.Popen(command, env=project.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def http_benchmark(project: Project, bundle: Path, body: bytes, requests: int, repeat: int) -> dict:
+    servers = {"mlflow models serve": start_mlflow, "this server": start_ours}
+    results: dict[str, dict] = {name: {} for name in servers}
+    for _ in range(repeat):
+        for name, start in servers.items():  # alternate, so a busy moment hits both
+            port = free_port()
+            process = start(project, bundle / "model" if name.startswith("mlflow") else bundle, port)
+            try:
+                startup = wait_for_ping(port, process)
+                results[name]["startup"] = min(startup, results[name].get("startup", startup))
+                for clients in (1, 8):
+                    run = load(port, body, requests, clients)
+                    best = results[name].get(clients)
+                    if best is None or run["rps"] > best["rps"]:
+                        results[name][clients] = run
+            finally:
+                stop(process)
+    return results
+
+
+# --- images -------------------------------------------------------------------------------------------
+
+
+def docker(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+    env = os.environ | {"DOCKER_BUILDKIT": "0"}  # the legacy builder, as CI has it
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False, env=env
+    )
+
+
+def time_to_healthy(tag: str, *run_args: str) -> float:
+    """Seconds from `docker run` to the first /ping 200 (the best of three starts)."""
+    best = float("inf")
+    for _ in range(3):
+        port = free_port()
+        started = time.monotonic()
+        done = docker("run", "--detach", "-p", f"127.0.0.1:{port}:8080", *run_args, tag)
+        if done.returncode != 0:
+            return float("nan")
+        try:
+            wait_for_ping(port, None, timeout=300)
+            best = min(best, time.monotonic() - started)
+        finally:
+            docker("rm", "--force", done.stdout.strip())
+    return best
+
+
+def build_mlflow_image(project: Project, bundle: Path, base_image: str) -> tuple[str | None, str]:
+    """Build what `mlflow models generate-dockerfile` writes, FROM the same base; (tag, note)."""
+    folder = Path(tempfile.mkdtemp(prefix="mlflow-dockerfile-"))
+    try:
+        done = subprocess.run(
+            [str(project.bin / "mlflow"), "models", "generate-dockerfile", "-m", str(bundle / "model"),
+             "-d", str(folder)],
+            env=project.env(), capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            return None, f"generate-dockerfile failed: {done.stderr[-300:]}"
+        dockerfile = folder / "Dockerfile"
+        text = dockerfile.read_text()
+        original = re.search(r"^FROM (\S+)", text, re.MULTILINE).group(1)
+        dockerfile.write_text(re.sub(r"^FROM \S+", f"FROM {base_image}", text, count=1, flags=re.MULTILINE))
+        tag = MLFLOW_TAG
+        built = docker("build", "-t", tag, str(folder))
+        if built.returncode != 0:
+            return None, f"its build failed here (apt or pip needs the network): {built.stderr[-400:]}"
+        return tag, f"generated FROM {original}, built FROM {base_image}"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def image_benchmark(project: Project, version: str, base_image: str) -> dict:
+    staged = project.python(STAGE, version)  # build/image/, as `make image` stages it
+    built = docker("build", "-t", OUR_TAG, "--build-arg", f"BASE_IMAGE={base_image}", str(project.root))
+    if built.returncode != 0:
+        sys.exit(f"building this project's image failed: {built.stderr[-2000:]}")
+    size = int(docker("image", "inspect", "-f", "{{.Size}}", OUR_TAG).stdout.strip())
+    mlflow_tag, note = build_mlflow_image(project, Path(staged["context"]) / "bundle", base_image)
+    result = {
+        "this image": {
+            "tag": OUR_TAG,
+            "size": size,
+            "healthy": time_to_healthy(OUR_TAG, "--read-only", "--tmpfs", "/tmp"),
+        },
+        "note": note,
+    }
+    if mlflow_tag:
+        size = int(docker("image", "inspect", "-f", "{{.Size}}", mlflow_tag).stdout.strip())
+        healthy = time_to_healthy(mlflow_tag, "-e", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true")
+        result["mlflow generate-dockerfile"] = {"tag": mlflow_tag, "size": size, "healthy": healthy}
+    return result
+
+
+# --- report -------------------------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def report(in_process: dict, http: dict, images: dict | None, load_before: str) -> str:
+    lines = [f"Load average before: {load_before}; after: {os.getloadavg()}", ""]
+    lines += [
+        "| in process, 1 row | p50 ms | p99 ms |",
+        "| --- | ---: | ---: |",
+        *(f"| {name} | {ms(r['p50'])} | {ms(r['p99'])} |" for name, r in in_process.items()),
+        "",
+        "| over HTTP, 1 row | start s | c=1 p50 ms | c=1 p99 ms | c=1 req/s | c=8 p50 ms | c=8 p99 ms "
+        "| c=8 req/s | throughput vs MLflow (c=1 / c=8) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    base = http["mlflow models serve"]
+    for name, r in http.items():
+        ratio = f"{r[1]['rps'] / base[1]['rps']:.2f}x / {r[8]['rps'] / base[8]['rps']:.2f}x"
+        lines.append(
+            f"| {name} | {r['startup']:.1f} | {ms(r[1]['p50'])} | {ms(r[1]['p99'])} | {r[1]['rps']:.0f} "
+            f"| {ms(r[8]['p50'])} | {ms(r[8]['p99'])} | {r[8]['rps']:.0f} | {ratio} |"
+        )
+    if images:
+        lines += ["", "| image | size MB | docker run to /ping 200, s | size vs MLflow |", "| --- | ---: | ---: | ---: |"]
+        mlflow_size = images.get("mlflow generate-dockerfile", {}).get("size")
+        for name in ("mlflow generate-dockerfile", "this image"):
+            if name in images:
+                r = images[name]
+                ratio = f"{r['size'] / mlflow_size:.2f}x" if mlflow_size else "n/a"
+                lines.append(f"| {name} (`{r['tag']}`) | {r['size'] / 1e6:.0f} | {r['healthy']:.1f} | {ratio} |")
+        lines.append(f"\nMLflow's image: {images['note']}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("project", type=Path, help="a generated project after make setup + pipeline")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per measurement")
+    parser.add_argument("--repeat", type=int, default=2, help="alternating runs per server (best kept)")
+    parser.add_argument("--version", default="", help="model version (default: the champion)")
+    parser.add_argument("--no-docker", action="store_true", help="skip the image comparison")
+    parser.add_argument("--keep-images", action="store_true", help="leave the built images")
+    args = parser.parse_args()
+    project = find_project(args.project)
+    load_before = str(os.getloadavg())
+    bundle_dir = Path(tempfile.mkdtemp(prefix="serving-benchmark-")) / "bundle"
+    exported = project.python(EXPORT, str(bundle_dir), args.version)
+    bundle = Path(exported["bundle"])
+    print(f"model version {exported['version']} of {project.root.name}, exported to {bundle}", flush=True)
+    in_process = project.python(IN_PROCESS, str(bundle), str(args.requests))
+    example = json.loads((bundle / "model" / "input_example.json").read_text())
+    body = json.dumps({"dataframe_split": {"columns": example["columns"], "data": example["data"][:1]}}).encode()
+    http = http_benchmark(project, bundle, body, args.requests, args.repeat)
+    images = None
+    if not args.no_docker:
+        if docker("info").returncode != 0:
+            print("no Docker engine answers: image comparison skipped", flush=True)
+        else:
+            base_image = os.environ.get("BASE_IMAGE", "python:3.11-slim-bookworm")
+            images = image_benchmark(project, exported["version"], base_image)
+            if not args.keep_images:
+                for name in ("this image", "mlflow generate-dockerfile"):
+                    if name in images:
+                        docker("image", "rm", "--force", images[name]["tag"])
+    shutil.rmtree(bundle_dir.parent, ignore_errors=True)
+    print(report(in_process, http, images, load_before))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Before generation: refuse values that would break the project, and say how to fix each one.
+
+Every problem names the field, the value given and an example of a good value. Exiting non-zero
+makes cookiecutter stop and delete the project folder it made for this run.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import re
+import sys
+
+# User values arrive as JSON data, never as source code: tojson escapes quotes, so the raw
+# triple-single-quoted string holds any value. (Formatters must not turn it into r""".)
+# fmt: off
+VALUES = {
+    "project_name": json.loads(r''' {{ cookiecutter.project_name | tojson }} '''),
+    "project_slug": json.loads(r''' {{ cookiecutter.project_slug | tojson }} '''),
+    "package_name": json.loads(r''' {{ cookiecutter.package_name | tojson }} '''),
+    "author_name": json.loads(r''' {{ cookiecutter.author_name | tojson }} '''),
+    "author_email": json.loads(r''' {{ cookiecutter.author_email | tojson }} '''),
+    "description": json.loads(r''' {{ cookiecutter.description | tojson }} '''),
+    "tracking": json.loads(r''' {{ cookiecutter.tracking | tojson }} '''),
+    "tracking_server_uri": json.loads(r''' {{ cookiecutter.tracking_server_uri | tojson }} '''),
+}
+# fmt: on
+
+# Import names the generated project (or its tooling) imports, distributions it depends on, and its
+# own layout: a package or console script of the same name would shadow or clash with them.
+# The standard library's module names are added from the running interpreter.
+# fmt: off
+RESERVED_NAMES = frozenset(
+    {
+        # dependencies, by import name and by distribution name (hyphens as underscores)
+        "mlflow", "mlflow_skinny", "papermill", "nbdev", "ipykernel", "IPython", "jupyter",
+        "jupyterlab", "jupyter_client", "nbformat", "nbclient", "sklearn", "scikit_learn",
+        "pandas", "numpy", "scipy", "skops", "pandera", "fairlearn", "pyarrow", "yaml", "pyyaml",
+        "pydantic", "matplotlib", "fastapi", "starlette", "uvicorn", "httpx", "prometheus_client",
+        "docker", "pytest", "ruff", "pre_commit", "hatchling",
+        # the generated project's own folders, and names Python or pytest treat specially
+        "src", "test", "tests", "notebooks", "data", "conftest", "setup", "site",
+        # standard-library modules the project imports (also covered by stdlib_module_names)
+        "json", "os", "sys", "typing", "pathlib", "re", "ast", "subprocess", "argparse",
+    }
+) | frozenset(getattr(sys, "stdlib_module_names", ()))
+# fmt: on
+
+SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+PACKAGE_PATTERN = re.compile(r"^[a-z_][a-z0-9_]*$")
+EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+$")
+URI_PATTERN = re.compile(r"^https?://[^\s\"'\\<>{}]+$")
+# Written in halves so that Jinja, which renders this file, does not read them as its own syntax.
+TEMPLATE_SYNTAX = ("{" + "{", "{" + "%", "{" + "#", "}" + "}", "%" + "}")
+QUOTES_AND_BACKSLASH = ('"', "'", "\\")
+
+
+def has_template_syntax(value: str) -> bool:
+    return any(marker in value for marker in TEMPLATE_SYNTAX)
+
+
+def has_quote_or_backslash(value: str) -> bool:
+    return any(char in value for char in QUOTES_AND_BACKSLASH)
+
+
+def suggest_slug(value: str) -> str:
+    """A valid slug close to what the user typed, or a generic one."""
+    words = re.findall(r"[a-z0-9]+", value.lower())
+    candidate = "-".join(words).lstrip("0123456789-")
+    if SLUG_PATTERN.match(candidate) and candidate.replace("-", "_") not in RESERVED_NAMES:
+        return candidate
+    return "churn-model"
+
+
+def suggest_package(value: str) -> str:
+    candidate = suggest_slug(value).replace("-", "_")
+    return candidate if candidate != value else f"{candidate}_project"
+
+
+def project_name_problem(name: str) -> str | None:
+    if not name.strip():
+        return "project_name is empty: give the project a human-readable name, e.g. 'Churn Model'."
+    if has_template_syntax(name) or has_quote_or_backslash(name):
+        return (
+            f"project_name {name!r} contains quotes, a backslash or template syntax, which break "
+            "the files it is written into: use plain words, e.g. 'Churn Model'."
+        )
+    return None
+
+
+def project_slug_problem(slug: str) -> str | None:
+    if not slug:
+        return "project_slug is empty: it names the folder and the command, e.g. 'churn-model'."
+    if not SLUG_PATTERN.match(slug):
+        return (
+            f"project_slug {slug!r} is not a valid slug: use lowercase letters and digits, "
+            f"words joined by single hyphens, starting with a letter, e.g. {suggest_slug(slug)!r}."
+        )
+    if slug.replace("-", "_") in RESERVED_NAMES:
+        return (
+            f"project_slug {slug!r} clashes with a package, module or command the project uses: "
+            f"pick a name of its own, e.g. '{slug}-project'."
+        )
+    return None
+
+
+def package_name_problem(package: str) -> str | None:
+    if not package:
+        return "package_name is empty: it is the Python import name, e.g. 'churn_model'."
+    if not (PACKAGE_PATTERN.match(package) and package.isidentifier()):
+        return (
+            f"package_name {package!r} is not a valid lowercase Python identifier: use lowercase "
+            f"letters, digits and underscores, not starting with a digit, "
+            f"e.g. {suggest_package(package)!r}."
+        )
+    if keyword.iskeyword(package):
+        return (
+            f"package_name {package!r} is a Python keyword and cannot be imported: "
+            f"e.g. '{package}_project'."
+        )
+    if package in RESERVED_NAMES:
+        return (
+            f"package_name {package!r} would shadow the module {package!r} that the project "
+            f"imports (a dependency or the standard library): e.g. '{package}_project'."
+        )
+    return None
+
+
+def author_problems(author_name: str, author_email: str) -> list[str]:
+    found = []
+    if has_template_syntax(author_name):
+        found.append(
+            f"author_name {author_name!r} contains template syntax: e.g. 'Data Science Team'."
+        )
+    if not EMAIL_PATTERN.match(author_email) or has_quote_or_backslash(author_email):
+        found.append(
+            f"author_email {author_email!r} is not an e-mail address: "
+            "e.g. 'data-science@example.com'."
+        )
+    return found
+
+
+def description_problem(description: str) -> str | None:
+    # The description opens the package's docstring: a backslash or three double quotes break it.
+    if has_template_syntax(description) or "\\" in description or '"""' in description:
+        return (
+            f"description {description!r} contains a backslash, three double quotes or template "
+            "syntax: use one plain sentence, e.g. 'Predict which customers will churn.'"
+        )
+    return None
+
+
+def tracking_server_uri_problem(tracking: str, uri: str) -> str | None:
+    # Only read when runs go to a server; it is then written into the package's code.
+    if tracking == "server" and not URI_PATTERN.match(uri):
+        return (
+            f"tracking_server_uri {uri!r} is not an http(s) address: "
+            "e.g. 'http://mlflow.example.com:5000'."
+        )
+    return None
+
+
+def problems(values: dict) -> list[str]:
+    """Every problem with the values, each a sentence naming the field, the value and a fix."""
+    found = [
+        project_name_problem(values["project_name"]),
+        project_slug_problem(values["project_slug"]),
+        package_name_problem(values["package_name"]),
+        *author_problems(values["author_name"], values["author_email"]),
+        description_problem(values["description"]),
+        tracking_server_uri_problem(values["tracking"], values["tracking_server_uri"]),
+    ]
+    return [problem for problem in found if problem]
+
+
+def main() -> int:
+    found = problems(VALUES)
+    if not found:
+        return 0
+    print("Cannot generate the project:", file=sys.stderr)
+    for problem in found:
+        print(f"  - {problem}", file=sys.stderr)
+    print("Run cookiecutter again with corrected values.", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

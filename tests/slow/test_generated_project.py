@@ -1,0 +1,260 @@
+"""A generated project passes its own gates and runs its pipeline: the product, proven end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_wine
+
+pytestmark = pytest.mark.slow
+
+
+def test_project_passes_its_own_check(project):
+    done = project.make("check")
+    assert done.stdout.count("ok  ") == 5, done.stdout
+
+
+def test_project_passes_its_own_tests(project):
+    done = project.make("test", "-q")
+    assert re.search(r"\d+ passed", done.stdout), done.stdout
+    assert "failed" not in done.stdout
+
+
+def test_make_help_lists_every_target(project):
+    done = project.make("help")
+    for target in ("setup", "lab", "pipeline", "check", "fix", "test", "image", "serve", "monitor", "clean"):
+        assert f"make {target}" in done.stdout
+
+
+def test_smoke_pipeline_leaves_the_run_tree(smoked_project):
+    tree = smoked_project.mlflow_query(
+        """
+        parents = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+        parent = sorted(parents, key=lambda r: r.info.start_time)[0]
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        def artifacts(run, path=""):
+            return [a.path for a in client.list_artifacts(run.info.run_id, path)]
+        by_name = {r.data.tags["mlflow.runName"]: r for r in children}
+        modelling = by_name["03_modelling"]
+        candidates = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == modelling.info.run_id]
+        prep = by_name["02_data_preparation"]
+        print(json.dumps({
+            "parent_status": parent.info.status,
+            "parent_tags": parent.data.tags,
+            "parent_params": sorted(parent.data.params),
+            "parent_artifacts": artifacts(parent),
+            "children": {n: r.info.status for n, r in by_name.items()},
+            "notebooks": {n: artifacts(r, "notebook") for n, r in by_name.items()},
+            "use_case": artifacts(by_name["01_use_case"]),
+            "inputs": [(d.dataset.name, d.dataset.digest) for d in prep.inputs.dataset_inputs],
+            "prep_artifacts": artifacts(prep),
+            "candidates": {r.data.tags["mlflow.runName"]: sorted(r.data.metrics) for r in candidates},
+            "models": [m.name for m in mlflow.search_logged_models([experiment_id], output_format="list")
+                       if m.source_run_id == modelling.info.run_id],
+        }))
+        """
+    )
+    assert tree["parent_status"] == "FINISHED"
+    assert tree["parent_tags"]["smoke"] == "true"
+    assert re.fullmatch(r"[0-9a-f]{40}", tree["parent_tags"]["git_commit"])
+    assert tree["parent_tags"]["version.mlflow"] == "3.17.2"
+    assert {"data.path", "data.target", "modelling.cv_folds", "use_case.metric"} <= set(tree["parent_params"])
+    assert {"params.yaml", "environment.txt"} <= set(tree["parent_artifacts"])
+    notebooks = sorted(p.name for p in (smoked_project.root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert sorted(tree["children"]) == [n.removesuffix(".ipynb") for n in notebooks]
+    assert set(tree["children"].values()) == {"FINISHED"}
+    for name, files in tree["notebooks"].items():
+        assert files == [f"notebook/{name}.ipynb"]
+    assert "use_case.json" in tree["use_case"]
+    assert sorted(name for name, _ in tree["inputs"]) == ["test", "train"]
+    assert all(re.fullmatch(r"[0-9a-f]+", digest) for _, digest in tree["inputs"])
+    assert {"data_quality.csv", "data_quality.png", "schema.yaml"} <= set(tree["prep_artifacts"])
+    assert sorted(tree["candidates"]) == ["baseline", "hist_gradient_boosting", "linear", "random_forest"]
+    assert all(any(m.startswith("cv_") for m in metrics) for metrics in tree["candidates"].values())
+    assert tree["models"] == ["model"]
+    executed = sorted((smoked_project.root / "runs").glob("*/03_modelling.ipynb"))
+    assert executed, "executed notebooks are kept on disk in a per-run folder"
+    assert any(cell.get("outputs") for cell in json.loads(executed[0].read_text())["cells"])
+
+
+def test_unknown_key_stops_before_anything_runs(project):
+    done = project.cli("pipeline", "--smoke", "--set", "data.tset_size=0.3", check=False)
+    assert done.returncode == 1
+    assert "unknown parameter `data.tset_size`. Did you mean `data.test_size`?" in done.stderr
+    assert "Running" not in done.stdout
+
+
+def test_wrong_type_names_key_notebook_and_type(project):
+    done = project.cli("pipeline", "--set", "modelling.cv_folds=many", check=False)
+    assert done.returncode == 1
+    assert "`modelling.cv_folds` = 'many' does not fit" in done.stderr
+    assert "03_modelling.ipynb, which expects `int`" in done.stderr
+
+
+def test_params_file_overrides_are_checked_too(project, tmp_path):
+    overrides = tmp_path / "typo.yaml"
+    overrides.write_text("modelling:\n  n_itre: 3\n")
+    done = project.cli("params", "--params", str(overrides), check=False)
+    assert done.returncode == 1 and "unknown parameter `modelling.n_itre`" in done.stderr
+
+
+def bad_files(folder) -> dict[str, tuple[str, list[str], str]]:
+    """Each bad input: (file, extra --set values, the check and column the message must name)."""
+    good = pd.DataFrame({"x": np.arange(60.0), "colour": ["red", "blue"] * 30, "y": ["a", "b", "c"] * 20})
+    cases = {
+        "no_target": (good.drop(columns="y"), [], "data check 'target column' failed: column 'y'"),
+        "single_class": (good.assign(y="a"), [], "data check 'class count' failed: column 'y'"),
+        "empty_column": (good.assign(blank=np.nan), [], "data check 'missing values' failed: column 'blank'"),
+        "too_few_rows": (good.head(6).assign(y=["a", "b"] * 3), ["data.min_rows_per_class=1"], "data check 'rows' failed"),
+        "wrong_type": (good.assign(x=["twelve"] * 60), [], "data check 'schema' failed: column 'x'"),
+    }
+    files = {}
+    for name, (data, sets, message) in cases.items():
+        path = folder / f"{name}.csv"
+        data.to_csv(path, index=False)
+        files[name] = (str(path), sets, message)
+    (folder / "empty.csv").write_text("")
+    files["empty_file"] = (str(folder / "empty.csv"), [], "data check 'readable file' failed")
+    (folder / "garbage.parquet").write_bytes(b"not parquet at all")
+    files["unreadable"] = (str(folder / "garbage.parquet"), [], "data check 'readable file' failed")
+    return files
+
+
+@pytest.fixture(scope="module")
+def schema_for_bad_data(tmp_path_factory):
+    """An explicit schema saying x is a number, so text in x is a wrong type."""
+    folder = tmp_path_factory.mktemp("bad-data")
+    (folder / "schema.yaml").write_text(
+        "schema_type: dataframe\napi: pandas\ncoerce: true\ncolumns:\n"
+        "  x: {dtype: float64, nullable: true}\n  y: {dtype: str, nullable: false}\n"
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    "case", ["no_target", "single_class", "empty_column", "too_few_rows", "wrong_type", "empty_file", "unreadable"]
+)
+def test_bad_data_stops_in_data_preparation_naming_check_and_column(
+    project_factory, schema_for_bad_data, case
+):
+    project = project_factory(task="classification", project_name="Own Data")
+    path, sets, message = bad_files(schema_for_bad_data)[case]
+    overrides = [f"data.path={path}", "data.target=y", f"data.schema={schema_for_bad_data / 'schema.yaml'}",
+                 "use_case.segments=[]", *sets]  # fmt: skip
+    done = project.cli(
+        "pipeline", "--only", "02", *[a for s in overrides for a in ("--set", s)], check=False
+    )
+    assert done.returncode == 1, done.stdout
+    assert "02_data_preparation.ipynb failed in cell" in done.stderr
+    assert message in done.stderr
+    assert "Executed notebook, with the failed cell marked:" in done.stderr
+    statuses = project.mlflow_query(
+        """
+        latest = max((r for r in runs if r.data.tags.get("kind") == "pipeline"), key=lambda r: r.info.start_time)
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == latest.info.run_id]
+        print(json.dumps([latest.info.status] + sorted(r.info.status for r in children)))
+        """
+    )
+    assert statuses == ["FAILED", "FAILED"]
+
+
+def mixed_csv(path) -> None:
+    """Numeric and categorical columns, missing values, a string multiclass target."""
+    wine = load_wine(as_frame=True)
+    data = wine.frame.rename(columns={"target": "cultivar"})
+    data["cultivar"] = np.array(["barbera", "grignolino", "nebbiolo"])[wine.target]
+    rng = np.random.default_rng(0)
+    data["vineyard"] = rng.choice(["north", "south", "east", None], len(data))
+    data["id"] = np.arange(len(data))
+    data.loc[rng.choice(len(data), 20, replace=False), "alcohol"] = np.nan
+    data.to_csv(path, index=False)
+
+
+def test_pipeline_runs_on_a_mixed_multiclass_csv(project_factory):
+    project = project_factory(task="classification", project_name="Own Data")
+    mixed_csv(project.root / "data" / "wine.csv")
+    sets = [
+        "data.path=data/wine.csv", "data.target=cultivar", "data.id_column=id",
+        "data.schema=build/wine-schema.yaml", "use_case.segments=[vineyard]",
+        "use_case.positive_class=nebbiolo", "use_case.metric=f1", "use_case.threshold=0.8",
+    ]  # fmt: skip
+    done = project.cli("pipeline", "--smoke", *[a for s in sets for a in ("--set", s)])
+    assert "Pipeline finished" in done.stdout
+    assert (project.root / "build" / "wine-schema.yaml").is_file(), "a missing schema is inferred"
+
+
+def test_same_parameters_give_the_same_scores(project_factory):
+    project = project_factory(task="regression", project_name="Slow Regressor")  # shared, see conftest
+    started = int(time.time() * 1000)
+    for _ in range(2):
+        project.cli("pipeline", "--smoke", "--only", "02", "03", "--set", "data.seed=11")
+    scores = project.mlflow_query(
+        f"""
+        modelling = [r for r in runs if r.data.tags.get("mlflow.runName") == "03_modelling"
+                     and r.info.start_time >= {started}]
+        print(json.dumps([r.data.metrics for r in modelling]))
+        """
+    )
+    assert len(scores) == 2 and scores[0] == scores[1] and scores[0]
+
+
+def test_from_continues_with_what_the_last_run_handed_on(smoked_project):
+    done = smoked_project.cli("pipeline", "--smoke", "--from", "03")
+    assert "Continuing from" in done.stdout
+    assert "[1/" in done.stdout and "03_modelling" in done.stdout
+    assert "01_use_case" not in done.stdout.split("Continuing from")[1]
+
+
+def test_tracking_uri_from_the_environment_wins(project, tmp_path):
+    store = tmp_path / "elsewhere.db"
+    project.cli("pipeline", "--only", "01", env={"MLFLOW_TRACKING_URI": f"sqlite:///{store}"})
+    assert store.is_file() and store.stat().st_size > 0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_lab_serves_the_notebooks_with_the_project_kernel(project):
+    port, token = free_port(), "slow-lane-token"
+    command = [
+        str(project.root / ".venv" / "bin" / project.slug), "lab", "--no-browser",
+        f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, cwd=project.root, env=project.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, specs = get_json(f"{base}/api/kernelspecs?token={token}")
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "JupyterLab did not answer within 60 s"
+                time.sleep(0.5)
+        assert status == 200 and project.slug in specs["kernelspecs"]
+        _, listing = get_json(f"{base}/api/contents/notebooks?token={token}")
+        assert "01_use_case.ipynb" in {item["name"] for item in listing["content"]}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get_json(f"{base}/api/contents/notebooks")
+        assert refused.value.code == 403
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

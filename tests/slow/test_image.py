@@ -1,0 +1,330 @@
+"""The serving image of a generated project, built from its champion and run as production runs it.
+
+For each task: `<project> image` builds against the CI base image (BASE_IMAGE), runs the image once
+itself and records the tag; then the image is run read-only on a loopback port and every endpoint,
+request format, refusal, the token, the prediction log and the refusal to start on a tampered
+model file are checked against the model's in-process predictions. Containers and images are
+removed afterwards. Without a Docker engine these tests are skipped, loudly (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHAMPION = "champion"
+IMAGE_USER = "10001"
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    if check and done.returncode != 0:
+        pytest.fail(f"`docker {' '.join(args)}` exited {done.returncode}: {done.stderr[-3000:]}")
+    return done
+
+
+@pytest.fixture(scope="session")
+def champion_project(smoked_project):
+    """The smoked project with a `champion`: 05_deployment's, or, where the pipeline does not
+    register one, 03_modelling's latest logged model registered here."""
+    smoked_project.mlflow_query(
+        f"""
+        from mlflow.exceptions import MlflowException
+        try:
+            version = client.get_model_version_by_alias(MODEL_NAME, "{CHAMPION}").version
+        except MlflowException:
+            models = client.search_logged_models([experiment_id], max_results=1,
+                                                 order_by=[{{"field_name": "creation_time", "ascending": False}}])
+            version = mlflow.register_model(models[0].model_uri, MODEL_NAME).version
+            client.set_registered_model_alias(MODEL_NAME, "{CHAMPION}", version)
+        print(json.dumps(version))
+        """
+    )
+    return smoked_project
+
+
+@dataclass
+class Image:
+    tag: str
+    project: object
+    example: dict  # the input example, dataframe_split form
+    expected: dict  # in-process predictions (and probabilities for a classifier)
+    task: str
+
+
+@pytest.fixture(scope="session")
+def image(champion_project, docker_base_image):
+    project = champion_project
+    done = project.cli("image", env={"BASE_IMAGE": docker_base_image}, timeout=1800)
+    assert "verified" in done.stdout, done.stdout
+    tag = project.mlflow_query(
+        f"""
+        version = client.get_model_version_by_alias(MODEL_NAME, "{CHAMPION}")
+        print(json.dumps(version.tags.get("image")))
+        """
+    )
+    assert tag and tag in done.stdout, "the tag is recorded on the champion version"
+    expected = project.python_json(
+        f"""
+        import json
+        from pathlib import Path
+        from {project.options['package_name']}.serving.image import expected_answers
+        example, expected = expected_answers(Path("build/image/bundle"))
+        print(json.dumps({{"example": example, "expected": expected}}))
+        """
+    )
+    task = project.options["task"]
+    yield Image(tag, project, expected["example"], expected["expected"], task)
+    name = tag.split(":")[0]
+    docker("image", "rm", "--force", tag, f"{name}:latest", check=False)
+
+
+@dataclass
+class Container:
+    id: str
+    url: str
+
+    def exec(self, *command: str, check: bool = False) -> subprocess.CompletedProcess:
+        return docker("exec", self.id, *command, check=check)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def request(url: str, body: bytes | None = None, headers: dict | None = None, method: str | None = None):
+    """(status, headers, parsed JSON or text) for one request; HTTP errors are answers too."""
+    req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as answer:
+            status, head, raw = answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as error:
+        status, head, raw = error.code, dict(error.headers), error.read()
+    try:
+        return status, head, json.loads(raw)
+    except ValueError:
+        return status, head, raw.decode(errors="replace")
+
+
+def post_json(url: str, payload, headers: dict | None = None):
+    body = json.dumps(payload).encode()
+    return request(url, body, {"Content-Type": "application/json", **(headers or {})}, "POST")
+
+
+def run_container(tag: str, *extra: str) -> Container:
+    port = free_port()
+    cid = docker(
+        "run", "--detach", "--read-only", "--tmpfs", "/tmp", "-p", f"127.0.0.1:{port}:8080", *extra, tag
+    ).stdout.strip()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        state = docker("inspect", "-f", "{{.State.Status}}", cid).stdout.strip()
+        if state != "running":
+            logs = docker("logs", cid, check=False)
+            docker("rm", "--force", cid, check=False)
+            pytest.fail(f"container {state}: {logs.stdout[-2000:]}{logs.stderr[-2000:]}")
+        try:
+            if request(f"{url}/ping")[0] == 200:
+                return Container(cid, url)
+        except OSError:
+            pass
+        time.sleep(0.3)
+    docker("rm", "--force", cid, check=False)
+    pytest.fail(f"{tag} did not answer /ping within 90 s")
+
+
+@pytest.fixture(scope="session")
+def served(image):
+    container = run_container(image.tag)
+    yield container
+    docker("rm", "--force", container.id, check=False)
+
+
+@pytest.fixture(scope="session")
+def guarded(image):
+    """The image with a token and the prediction log on (to the /tmp tmpfs)."""
+    container = run_container(
+        image.tag, "-e", "SERVING_TOKEN=slow-lane-token", "-e", "PREDICTION_LOG=/tmp/predictions.jsonl"
+    )
+    yield container
+    docker("rm", "--force", container.id, check=False)
+
+
+def close(got, expected, tolerance=1e-9) -> bool:
+    if isinstance(got, dict) and isinstance(expected, dict):
+        return got.keys() == expected.keys() and all(close(got[k], expected[k]) for k in got)
+    if isinstance(got, list) and isinstance(expected, list):
+        return len(got) == len(expected) and all(close(a, b) for a, b in zip(got, expected))
+    if isinstance(expected, float):
+        return isinstance(got, int | float) and abs(got - expected) <= tolerance * max(1, abs(expected))
+    return got == expected
+
+
+def formats(example: dict) -> dict[str, tuple[bytes, str]]:
+    """The same rows in every request format the server takes: (body, content type)."""
+    columns, rows = example["columns"], example["data"]
+    records = [dict(zip(columns, row)) for row in rows]
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    as_json = {
+        "dataframe_split": {"dataframe_split": {"columns": columns, "data": rows}},
+        "dataframe_records": {"dataframe_records": records},
+        "instances": {"instances": records},
+        "inputs": {"inputs": {c: [r[i] for r in rows] for i, c in enumerate(columns)}},
+    }
+    bodies = {name: (json.dumps(payload).encode(), "application/json") for name, payload in as_json.items()}
+    return bodies | {"csv": (text.getvalue().encode(), "text/csv")}
+
+
+# --- the image itself ---------------------------------------------------------------------------------
+
+
+def test_image_is_lean_and_labelled(image):
+    labels = json.loads(docker("inspect", "-f", "{{json .Config.Labels}}", image.tag).stdout)
+    assert labels["ml.model.name"] and labels["ml.model.version"] == image.tag.split(":")[1]
+    for key in ("ml.model.run-id", "ml.model.git-commit", "org.opencontainers.image.revision",
+                "org.opencontainers.image.created", "org.opencontainers.image.version"):  # fmt: skip
+        assert labels.get(key) not in (None, "", "unknown"), key
+    probe = "import importlib.util as u; print([m for m in ('mlflow', 'jupyterlab', 'notebook', 'papermill') if u.find_spec(m)])"
+    found = docker("run", "--rm", "--entrypoint", "python", image.tag, "-c", probe).stdout.strip()
+    assert found == "[]", f"the image carries {found}"
+    compilers = docker("run", "--rm", "--entrypoint", "sh", image.tag, "-c", "command -v gcc cc g++ || true")
+    assert compilers.stdout.strip() == ""
+
+
+def test_runs_as_a_non_root_user(image, served):
+    assert docker("inspect", "-f", "{{.Config.User}}", image.tag).stdout.strip().startswith(IMAGE_USER)
+    assert served.exec("id", "-u", check=True).stdout.strip() == IMAGE_USER
+
+
+def test_root_filesystem_is_read_only(served):
+    assert docker("inspect", "-f", "{{.HostConfig.ReadonlyRootfs}}", served.id).stdout.strip() == "true"
+    assert served.exec("touch", "/opt/bundle/x").returncode != 0
+    assert served.exec("touch", "/tmp/x").returncode == 0  # the tmpfs
+
+
+def test_healthcheck_reports_healthy(served):
+    deadline = time.monotonic() + 60
+    while (status := docker("inspect", "-f", "{{.State.Health.Status}}", served.id).stdout.strip()) != "healthy":
+        assert status in ("starting", "healthy") and time.monotonic() < deadline, status
+        time.sleep(1)
+
+
+# --- endpoints --------------------------------------------------------------------------------------
+
+
+def test_every_endpoint_answers(image, served):
+    for path in ("/ping", "/health", "/version", "/metadata", "/metrics", "/openapi.json", "/docs"):
+        assert request(f"{served.url}{path}")[0] == 200, path
+    _, _, metadata = request(f"{served.url}/metadata")
+    assert metadata["model"]["version"] == image.tag.split(":")[1]
+    assert metadata["task"] == image.task
+    assert [c["name"] for c in metadata["signature"]] == image.example["columns"]
+    _, _, spec = request(f"{served.url}/openapi.json")
+    assert set(spec["components"]["schemas"]["Row"]["properties"]) == set(image.example["columns"])
+
+
+@pytest.mark.parametrize("form", ["dataframe_split", "dataframe_records", "instances", "inputs", "csv"])
+def test_every_request_format_matches_in_process_predictions(image, served, form):
+    body, content_type = formats(image.example)[form]
+    status, _, answer = request(f"{served.url}/invocations", body, {"Content-Type": content_type}, "POST")
+    assert status == 200, answer
+    assert close(answer["predictions"], image.expected["predictions"])
+
+
+def test_typed_predict_and_probabilities(image, served):
+    columns, rows = image.example["columns"], image.example["data"]
+    status, _, answer = post_json(f"{served.url}/predict", {"rows": [dict(zip(columns, r)) for r in rows]})
+    assert status == 200, answer
+    assert close([p["prediction"] for p in answer["predictions"]], image.expected["predictions"])
+    split = {"dataframe_split": image.example}
+    status, _, answer = post_json(f"{served.url}/invocations?probabilities=true", split)
+    if image.task == "classification":
+        assert close(answer["probabilities"], image.expected["probabilities"])
+    else:
+        assert status == 400 and answer["error_code"] == "INVALID_PARAMETER"
+
+
+def test_refusals_are_json_4xx_and_the_server_keeps_answering(image, served):
+    columns, rows = image.example["columns"], image.example["data"]
+    row = dict(zip(columns, rows[0]))
+    first = columns[0]
+    url = f"{served.url}/invocations"
+    json_type = {"Content-Type": "application/json"}
+    cases = {
+        "missing column": (post_json(url, {"dataframe_records": [{k: v for k, v in row.items() if k != first}]}), 400, first),
+        "unknown column": (post_json(url, {"dataframe_records": [{**row, "not_a_column": 1}]}), 400, "not_a_column"),
+        "wrong type": (post_json(url, {"dataframe_records": [{**row, first: "text"}]}), 400, first),
+        "empty batch": (post_json(url, {"dataframe_split": {"columns": columns, "data": []}}), 400, "no rows"),
+        "malformed JSON": (request(url, b'{"inputs": [', json_type, "POST"), 400, "JSON"),
+        "oversized body": (request(url, b" " * (1024 * 1024 + 1), json_type, "POST"), 413, "MAX_BODY_BYTES"),
+        "wrong content type": (request(url, b"x", {"Content-Type": "text/plain"}, "POST"), 415, "text/plain"),
+        "typed, unknown column": (post_json(f"{served.url}/predict", {"rows": [{**row, "zz": 1}]}), 422, "zz"),
+    }  # fmt: skip
+    for name, ((status, _, body), expected_status, named) in cases.items():
+        assert status == expected_status, (name, body)
+        assert isinstance(body, dict) and named in body["message"], (name, body)
+        assert request(f"{served.url}/ping")[0] == 200, f"not answering after {name}"
+    _, _, metrics = request(f"{served.url}/metrics")
+    assert 'serving_errors_total{endpoint="/invocations",error_code="SCHEMA_MISMATCH"}' in metrics
+
+
+# --- token, prediction log, integrity ----------------------------------------------------------------
+
+
+def test_token_guards_all_but_ping_and_health(image, guarded):
+    split = {"dataframe_split": image.example}
+    assert request(f"{guarded.url}/ping")[0] == 200
+    assert request(f"{guarded.url}/health")[0] == 200
+    for path in ("/metadata", "/metrics", "/version", "/openapi.json"):
+        assert request(f"{guarded.url}{path}")[0] == 401, path
+    assert post_json(f"{guarded.url}/invocations", split)[0] == 401
+    status, _, answer = post_json(
+        f"{guarded.url}/invocations", split, {"Authorization": "Bearer slow-lane-token"}
+    )
+    assert status == 200 and close(answer["predictions"], image.expected["predictions"])
+
+
+def test_prediction_log_is_written_when_asked(image, guarded):
+    post_json(
+        f"{guarded.url}/invocations", {"dataframe_split": image.example}, {"Authorization": "Bearer slow-lane-token"}
+    )
+    deadline = time.monotonic() + 10
+    while not (lines := guarded.exec("cat", "/tmp/predictions.jsonl").stdout.splitlines()):
+        assert time.monotonic() < deadline, "no prediction log line within 10 s"
+        time.sleep(0.2)
+    entry = json.loads(lines[-1])
+    assert set(entry["inputs"]) == set(image.example["columns"])
+    assert entry["model_version"] == image.tag.split(":")[1] and "prediction" in entry
+
+
+def test_refuses_to_start_on_a_tampered_model_file(image):
+    """The image's own entry point, on a copy of its bundle with one byte added to the model."""
+    package = image.project.options["package_name"]
+    tamper = (
+        "cp -r /opt/bundle /tmp/bundle && printf x >> /tmp/bundle/model/model.skops && "
+        f"exec python -m {package}.serving --bundle /tmp/bundle"
+    )
+    done = docker(
+        "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--entrypoint", "sh", image.tag, "-c", tamper,
+        check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "integrity check" in done.stderr and "model/model.skops" in done.stderr

@@ -1,0 +1,610 @@
+"""The serving app: MLflow's scoring protocol, a typed /predict, health, metadata and metrics.
+
+    POST /invocations  MLflow's protocol (JSON formats or CSV) -> {"predictions": [...]};
+                       classifiers add "probabilities" with ?probabilities=true or
+                       "params": {"probabilities": true}
+    POST /predict      {"rows": [{column: value, ...}]} -> class (or value) and probabilities;
+                       its OpenAPI schema is generated from the model's signature
+    GET  /ping /health 200 once the model is loaded (never behind the token)
+    GET  /version /metadata /metrics /docs /openapi.json
+
+Environment (all optional): SERVING_TOKEN (bearer token for all but /ping and /health),
+MAX_BODY_BYTES (default 1 MiB, checked before parsing), PREDICTION_LOG (a .jsonl path; off when
+unset), PREDICTION_LOG_MAX_BYTES, PREDICTION_LOG_BACKUPS, PREDICTION_BUCKETS (histogram bounds
+for a regressor's predictions, comma-separated).
+
+No `from __future__ import annotations` here: FastAPI must see the request model generated at
+run time as a real annotation.
+"""
+
+import hmac
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections import Counter as Tally
+from collections.abc import Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from . import bundle as bundle_files
+from . import predlog, schema
+from .model import ServedModel, load
+from .schema import ErrorBody, PredictResponse, RequestError
+
+log = logging.getLogger("uvicorn.error")  # uvicorn configures this one; our lines sit with its own
+
+OPEN_PATHS = frozenset({"/ping", "/health"})
+ENDPOINTS = frozenset(
+    {"/invocations", "/predict", "/ping", "/health", "/version", "/metadata", "/metrics"}
+    | {"/docs", "/openapi.json"}
+)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+# A 1-2.5-5 ladder over both signs: fits most regression targets without knowing their scale.
+VALUE_BUCKETS = tuple(
+    sorted({s * m * 10**e for s in (-1, 1) for m in (1, 2.5, 5) for e in range(-1, 5)} | {0.0})
+)
+JSON = "application/json"
+
+
+class SettingsError(ValueError):
+    """An environment setting the server cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_body_bytes: int = 1024 * 1024
+    token: str | None = None
+    prediction_log: str | None = None
+    prediction_log_max_bytes: int = 50 * 1024 * 1024
+    prediction_log_backups: int = 1
+    prediction_buckets: tuple[float, ...] = VALUE_BUCKETS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+
+        def number(name: str, default: int) -> int:
+            raw = env.get(name, "").strip()
+            try:
+                value = int(raw) if raw else default
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+            if value < 0:
+                raise SettingsError(f"{name} must not be negative")
+            return value
+
+        buckets = cls.prediction_buckets
+        if raw := env.get("PREDICTION_BUCKETS", "").strip():
+            try:
+                buckets = tuple(sorted({float(x) for x in raw.split(",") if x.strip()}))
+            except ValueError:
+                raise SettingsError(
+                    f"PREDICTION_BUCKETS={raw!r}: comma-separated numbers"
+                ) from None
+        return cls(
+            max_body_bytes=number("MAX_BODY_BYTES", cls.max_body_bytes),
+            token=env.get("SERVING_TOKEN") or None,
+            prediction_log=env.get("PREDICTION_LOG", "").strip() or None,
+            prediction_log_max_bytes=number(
+                "PREDICTION_LOG_MAX_BYTES", cls.prediction_log_max_bytes
+            ),
+            prediction_log_backups=number("PREDICTION_LOG_BACKUPS", cls.prediction_log_backups),
+            prediction_buckets=buckets,
+        )
+
+
+class Metrics:
+    """Prometheus metrics in a registry of the app's own (several apps can live in one process)."""
+
+    def __init__(self, model: ServedModel, provenance: bundle_files.Provenance, buckets):
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        self.requests = Counter(
+            "serving_requests", "HTTP requests by endpoint, method and status code",
+            ["endpoint", "method", "status"], registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "serving_request_duration_seconds", "Time from request to response, by endpoint",
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.errors = Counter(
+            "serving_errors", "Error responses by endpoint and error code",
+            ["endpoint", "error_code"], registry=registry,
+        )  # fmt: skip
+        self.rows = Counter(
+            "serving_predicted_rows", "Rows predicted", ["endpoint"], registry=registry
+        )
+        self.predict_seconds = Histogram(
+            "serving_model_predict_seconds", "Time spent in the model's predict per request",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.classes = self.values = None
+        if model.task == "classification":
+            self.classes = Counter(
+                "serving_predictions_by_class", "Predicted rows per class", ["label"],
+                registry=registry,
+            )  # fmt: skip
+        else:
+            self.values = Histogram(
+                "serving_prediction_value", "Distribution of predicted values",
+                buckets=buckets, registry=registry,
+            )  # fmt: skip
+        self.log_dropped = Gauge(
+            "serving_prediction_log_dropped", "Prediction-log entries dropped (writer behind or too large)",
+            registry=registry,
+        )  # fmt: skip
+        Info("serving_model", "The model being served", registry=registry).info(
+            {
+                "name": provenance.name,
+                "version": provenance.version,
+                "run_id": provenance.run_id,
+                "git_commit": provenance.git_commit,
+                "task": model.task,
+            }
+        )
+
+    def observe_predictions(self, endpoint: str, predictions: list, seconds: float) -> None:
+        self.rows.labels(endpoint).inc(len(predictions))
+        self.predict_seconds.observe(seconds)
+        if self.classes is not None:
+            for label, count in Tally(map(str, predictions)).items():
+                self.classes.labels(label).inc(count)
+        else:
+            for value in predictions:
+                if isinstance(value, int | float) and math.isfinite(value):
+                    self.values.observe(value)
+
+
+def error_body(code: str, message: str, **details: Any) -> bytes:
+    return json.dumps({"error_code": code, "message": message, **details}).encode()
+
+
+class Gate:
+    """Pure ASGI middleware in front of every request: token, body size and content type, request
+    id, metrics, and a last-resort handler so an unexpected error is a JSON 500, never a crash."""
+
+    def __init__(self, app, settings: Settings, metrics: Metrics):
+        self.app, self.settings, self.metrics = app, settings, metrics
+        self.token = f"Bearer {settings.token}".encode() if settings.token else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        path, method = scope["path"], scope["method"]
+        endpoint = path if path in ENDPOINTS else "other"  # bounded label values
+        headers = dict(scope["headers"])
+        request_id = _request_id(headers.get(b"x-request-id"))
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        response_started = False
+
+        async def send_with_id(message):
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status, response_started = message["status"], True
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        async def refuse(code: int, error_code: str, message: str, **extra_headers: str):
+            self.metrics.errors.labels(endpoint, error_code).inc()
+            headers_out = [(b"content-type", JSON.encode())]
+            headers_out += [(k.encode(), v.encode()) for k, v in extra_headers.items()]
+            await send_with_id(
+                {"type": "http.response.start", "status": code, "headers": headers_out}
+            )
+            await send_with_id(
+                {"type": "http.response.body", "body": error_body(error_code, message)}
+            )
+
+        try:
+            if self.token and path not in OPEN_PATHS and not _authorized(headers, self.token):
+                await refuse(
+                    401, "UNAUTHORIZED", "send 'Authorization: Bearer <token>' (SERVING_TOKEN)",
+                    **{"www-authenticate": "Bearer"},
+                )  # fmt: skip
+            elif problem := self._body_problem(path, method, headers):
+                await refuse(*problem)
+            elif method == "POST":
+                body = await self._read_body(receive)
+                if body is None:
+                    limit = self.settings.max_body_bytes
+                    await refuse(
+                        413, "PAYLOAD_TOO_LARGE", f"the body exceeds MAX_BODY_BYTES={limit}"
+                    )
+                else:
+                    await self.app(scope, _replay(body, receive), send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unexpected error on %s %s (request %s)", method, path, request_id)
+            if not response_started:
+                await refuse(
+                    500, "INTERNAL_ERROR", f"unexpected server error (request {request_id})"
+                )
+        finally:
+            self.metrics.requests.labels(endpoint, method, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    def _body_problem(self, path: str, method: str, headers: dict) -> tuple[int, str, str] | None:
+        """Refusals decided from the headers alone: a declared size over the limit, a wrong type."""
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                return 400, "MALFORMED_REQUEST", "Content-Length is not a number"
+            if declared > self.settings.max_body_bytes:
+                limit = self.settings.max_body_bytes
+                return (
+                    413,
+                    "PAYLOAD_TOO_LARGE",
+                    f"the body ({declared} bytes) exceeds MAX_BODY_BYTES={limit}",
+                )
+        if method != "POST" or path not in ("/invocations", "/predict"):
+            return None
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        mime, _, parameters = content_type.partition(";")
+        mime = mime.strip().lower()
+        accepted = (JSON, "text/csv") if path == "/invocations" else (JSON,)
+        if mime not in accepted:
+            return (
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+                f"Content-Type {content_type or 'missing'!r}; use {' or '.join(accepted)}",
+            )
+        charset = (
+            parameters.strip().lower().removeprefix("charset=").strip('"')
+            if parameters.strip()
+            else "utf-8"
+        )
+        if charset.replace("-", "") != "utf8":
+            return 415, "UNSUPPORTED_MEDIA_TYPE", f"only UTF-8 bodies are accepted, not {charset!r}"
+        return None
+
+    async def _read_body(self, receive) -> bytes | None:
+        """The whole body, or None as soon as it grows past the limit (chunked uploads too)."""
+        limit, chunks, size = self.settings.max_body_bytes, [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+def _request_id(given: bytes | None) -> str:
+    if given and len(given) <= 128 and given.isascii() and given.decode().isprintable():
+        return given.decode()
+    return uuid.uuid4().hex
+
+
+def _authorized(headers: dict, expected: bytes) -> bool:
+    return hmac.compare_digest(headers.get(b"authorization", b""), expected)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _wants_probabilities(request: Request, params: dict) -> bool:
+    raw = request.query_params.get("probabilities")
+    if raw is not None and raw.lower() not in ("true", "false", "1", "0"):
+        raise RequestError(
+            400, "INVALID_PARAMETER", "query parameter 'probabilities' must be true or false"
+        )
+    return bool(params.get("probabilities")) or (raw or "").lower() in ("true", "1")
+
+
+def _invocations_openapi(columns) -> dict:
+    """The request body /docs shows for /invocations (the server checks more than this says)."""
+    row = {"$ref": "#/components/schemas/Row"}
+    example = {
+        "dataframe_split": {"columns": [c.name for c in columns], "data": [[None] * len(columns)]}
+    }
+    json_schema = {
+        "type": "object",
+        "description": "Exactly one of the four keys, as MLflow's scoring protocol defines them.",
+        "properties": {
+            "dataframe_split": {
+                "type": "object",
+                "properties": {
+                    "columns": {"type": "array", "items": {"type": "string"}},
+                    "data": {"type": "array", "items": {"type": "array"}},
+                },
+                "required": ["columns", "data"],
+            },
+            "dataframe_records": {"type": "array", "items": row, "minItems": 1},
+            "instances": {"type": "array", "items": row, "minItems": 1},
+            "inputs": {"type": "array", "items": row, "minItems": 1},
+            "params": {"type": "object", "properties": {"probabilities": {"type": "boolean"}}},
+        },
+        "minProperties": 1,
+        "maxProperties": 2,
+        "additionalProperties": False,
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                JSON: {"schema": json_schema, "example": example},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        },
+        "parameters": [
+            {
+                "name": "probabilities",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "boolean"},
+                "description": "classifiers: add per-class probabilities to the answer",
+            }
+        ],
+    }
+
+
+ERRORS = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "malformed body, schema mismatch, wrong value type, empty batch",
+        401: "missing or wrong bearer token (when SERVING_TOKEN is set)",
+        413: "body larger than MAX_BODY_BYTES",
+        415: "unsupported Content-Type",
+        422: "a row that does not match the signature (/predict)",
+    }.items()
+}
+
+
+def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
+    """The app for one bundle; IntegrityError or ModelLoadError when it cannot be served."""
+    settings = settings or Settings.from_env()
+    bundle = Path(bundle)
+    manifest = bundle_files.verify(bundle)  # before any byte of the model is deserialised
+    model = load(bundle / bundle_files.MODEL_DIR)
+    provenance = bundle_files.Provenance.from_manifest(manifest)
+    metrics = Metrics(model, provenance, settings.prediction_buckets)
+    prediction_log = None
+    if settings.prediction_log:
+        prediction_log = predlog.PredictionLog(
+            Path(settings.prediction_log), provenance.name, provenance.version,
+            max_bytes=settings.prediction_log_max_bytes, backups=settings.prediction_log_backups,
+        )  # fmt: skip
+        metrics.log_dropped.set_function(lambda: prediction_log.dropped)
+    columns = model.columns
+    classification = model.task == "classification"
+    Row = schema.row_model(columns)
+    PredictRequest = schema.request_model(Row)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        log.info(
+            "serving %s version %s (run %s, %s, %d input columns)%s",
+            provenance.name, provenance.version, provenance.run_id, model.task, len(columns),
+            f"; prediction log {settings.prediction_log}" if prediction_log else "",
+        )  # fmt: skip
+        yield
+        if prediction_log:
+            prediction_log.close()
+
+    app = FastAPI(
+        title=f"{provenance.name} model server",
+        version=provenance.version,
+        description=f"Serves {provenance.name} version {provenance.version} ({model.task}).",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.model, app.state.manifest, app.state.metrics = model, manifest, metrics
+    app.state.prediction_log = prediction_log
+
+    def respond(payload: Any, status: int = 200) -> Response:
+        return Response(
+            json.dumps(payload, separators=(",", ":")), status_code=status, media_type=JSON
+        )
+
+    def fail(request: Request, status: int, body: dict) -> Response:
+        endpoint = request.url.path if request.url.path in ENDPOINTS else "other"
+        metrics.errors.labels(endpoint, body["error_code"]).inc()
+        return respond(body, status)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, error: RequestError) -> Response:
+        return fail(request, error.status, error.body())
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
+        return fail(request, *_explain(error.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(error.status_code, "HTTP_ERROR")
+        return fail(request, error.status_code, {"error_code": code, "message": str(error.detail)})
+
+    def run_model(request: Request, endpoint: str, batch: schema.Batch, probabilities: bool):
+        if probabilities and not classification:
+            raise RequestError(400, "INVALID_PARAMETER", "a regression model has no probabilities")
+        started = time.perf_counter()
+        try:
+            frame = model.frame(batch.arrays)
+            predictions = model.predict(frame)
+            probas = model.predict_proba(frame) if probabilities else None
+        except Exception as error:  # the input passed the signature yet the model refused it
+            raise RequestError(
+                400, "PREDICTION_FAILED", f"the model could not predict these rows: {error}"
+            ) from error
+        seconds = time.perf_counter() - started
+        metrics.observe_predictions(endpoint, predictions, seconds)
+        if prediction_log:
+            prediction_log.record(
+                predlog.Entry(
+                    time.time(),
+                    request.state.request_id,
+                    endpoint,
+                    seconds * 1000,
+                    batch.values,
+                    predictions,
+                    probas,
+                )
+            )
+        return predictions, probas
+
+    # The app exists only once the model is loaded and verified, and uvicorn accepts connections
+    # only after that: a 200 here means the model answers.
+    @app.get("/ping", summary="200 once the model is loaded")
+    @app.get("/health", summary="same as /ping")
+    async def ping() -> Response:
+        return respond({"status": "ok"})
+
+    @app.get("/version", summary="server and model versions")
+    async def version() -> Response:
+        return respond(
+            {
+                "server_version": __version__,
+                "model_name": provenance.name,
+                "model_version": provenance.version,
+                "mlflow_version": model.mlmodel.get("mlflow_version"),
+            }
+        )
+
+    @app.get("/metadata", summary="the model's provenance, signature and model card")
+    async def metadata() -> Response:
+        return respond(
+            {
+                "model": manifest.get("model"),
+                "task": model.task,
+                "classes": model.classes if classification else None,
+                "signature": [
+                    {"name": c.name, "type": c.type, "required": c.required} for c in columns
+                ],
+                "model_card": manifest.get("model_card"),
+                "files": manifest.get("files"),
+                "bundle_created": manifest.get("created"),
+            }
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post(
+        "/invocations",
+        summary="MLflow scoring protocol (dataframe_split, dataframe_records, instances, inputs, CSV)",
+        openapi_extra=_invocations_openapi(columns),
+        responses=ERRORS,
+    )
+    async def invocations(request: Request) -> Response:
+        body = await request.body()
+        if request.headers.get("content-type", "").lower().startswith("text/csv"):
+            batch, params = schema.parse_csv(body, columns), {}
+        else:
+            batch, params = schema.parse_json(body, columns)
+        probabilities = _wants_probabilities(request, params)
+        predictions, probas = run_model(request, "/invocations", batch, probabilities)
+        answer: dict[str, Any] = {"predictions": predictions}
+        if probas is not None:
+            answer["probabilities"] = probas
+        return respond(answer)
+
+    @app.post(
+        "/predict",
+        summary="typed prediction: the class (or value) and, for classifiers, probabilities",
+        response_model=None,
+        responses={200: {"model": PredictResponse}, **ERRORS},
+    )
+    async def predict(request: Request, body: PredictRequest) -> Response:
+        fields = [f"c{i}" for i in range(len(columns))]
+        values = {
+            c.name: [_plain(getattr(row, f)) for row in body.rows]
+            for c, f in zip(columns, fields, strict=True)
+        }
+        batch = schema.check(values, columns)
+        predictions, probas = run_model(request, "/predict", batch, classification)
+        rows = [
+            {"prediction": p, "probabilities": probas[i] if probas else None}
+            for i, p in enumerate(predictions)
+        ]
+        return respond(
+            {
+                "predictions": rows,
+                "model_name": provenance.name,
+                "model_version": provenance.version,
+            }
+        )
+
+    app.add_middleware(Gate, settings=settings, metrics=metrics)
+    return app
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _explain(errors: list[dict]) -> tuple[int, dict]:
+    """FastAPI's validation errors for /predict as one sentence naming the rows and columns."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, {"error_code": "MALFORMED_REQUEST", "message": "the body is not valid JSON"}
+    missing, unknown, invalid = [], [], []
+    for e in errors:
+        loc = [part for part in e.get("loc", ()) if part != "body"]
+        where = ".".join(str(part) for part in loc) or "body"
+        if e.get("type") == "missing":
+            missing.append(where)
+        elif e.get("type") == "extra_forbidden":
+            unknown.append(where)
+        else:
+            invalid.append(f"{where}: {e.get('msg')}")
+    parts = [
+        f"missing {missing}" if missing else "",
+        f"unknown {unknown}" if unknown else "",
+        f"invalid {invalid}" if invalid else "",
+    ]
+    message = "; ".join(p for p in parts if p)
+    code = "SCHEMA_MISMATCH" if (missing or unknown) else "INVALID_VALUE"
+    return 422, {
+        "error_code": code,
+        "message": message,
+        "missing": missing,
+        "unknown": unknown,
+        "invalid": invalid,
+    }

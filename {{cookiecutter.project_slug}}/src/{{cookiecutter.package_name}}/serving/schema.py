@@ -1,0 +1,375 @@
+"""Requests checked against the model's signature, before anything reaches the model.
+
+Accepted bodies, as `mlflow models serve` accepts them (so MLflow clients work unchanged):
+
+    {"dataframe_split": {"columns": [...], "data": [[...], ...]}}
+    {"dataframe_records": [{"col": value, ...}, ...]}
+    {"instances": [{"col": value, ...}, ...]}          (or {"col": [values], ...})
+    {"inputs": {"col": [values], ...}}                  (or records, or {"col": value} for one row)
+    text/csv with a header row
+
+plus an optional `"params": {"probabilities": true}`. Unlike MLflow, an unknown column is an error
+naming it (MLflow drops it silently), and so is an unknown top-level key or parameter.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+
+from .model import Column
+
+FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+PARAMS = {"probabilities": bool}
+_NUMBER = {int, float}
+_NONE = type(None)
+# Python types a JSON value may have, per column type (bool is not a number here).
+# An integral float (3.0) is an integer in JSON and JSON Schema, so integer columns take it.
+ACCEPTED = {
+    "double": _NUMBER | {_NONE},
+    "float": _NUMBER | {_NONE},
+    "long": _NUMBER,
+    "integer": _NUMBER,
+    "boolean": {bool},
+    "string": {str, _NONE},
+    "datetime": {str, _NONE},
+}
+EXPECTED = {
+    "double": "a number or null",
+    "float": "a number or null",
+    "long": "a 64-bit integer",
+    "integer": "a 32-bit integer",
+    "boolean": "true or false",
+    "string": "a string or null",
+    "datetime": "an ISO 8601 date-time string or null",
+}
+
+
+class RequestError(Exception):
+    """A request the server refuses; becomes a JSON error response with this status."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any):
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+    def body(self) -> dict:
+        return {"error_code": self.code, "message": self.message, **self.details}
+
+
+def malformed(message: str) -> RequestError:
+    return RequestError(400, "MALFORMED_REQUEST", message)
+
+
+@dataclass
+class Batch:
+    """Validated input: one NumPy array per signature column, and the values as sent."""
+
+    arrays: dict[str, np.ndarray]
+    values: dict[str, list]
+    rows: int
+
+
+# --- JSON -----------------------------------------------------------------------------------------
+
+
+def parse_json(body: bytes, columns: list[Column]) -> tuple[Batch, dict[str, Any]]:
+    """A scoring-protocol JSON body as a checked batch, and its `params`."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError
+        raise malformed(f"the body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise malformed(f"the body must be a JSON object with one of the keys {list(FORMATS)}")
+    keys = [key for key in document if key in FORMATS]
+    if unknown := [key for key in document if key not in FORMATS and key != "params"]:
+        raise malformed(
+            f"unknown key(s) {unknown}; use one of {list(FORMATS)} and optional 'params'"
+        )
+    if len(keys) != 1:
+        raise malformed(
+            f"the body must hold exactly one of {list(FORMATS)}, found {keys or 'none'}"
+        )
+    params = check_params(document.get("params"))
+    key = keys[0]
+    payload = document[key]
+    if key == "dataframe_split":
+        values = _from_split(payload)
+    elif key == "inputs" and isinstance(payload, dict):
+        values = _from_columns(payload, allow_scalars=True)
+    elif key == "instances" and isinstance(payload, dict):
+        values = _from_columns(payload, allow_scalars=False)
+    else:
+        values = _from_records(payload, key)
+    return check(values, columns), params
+
+
+def check_params(params: Any) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise RequestError(400, "INVALID_PARAMETER", "'params' must be a JSON object")
+    if unknown := sorted(set(params) - set(PARAMS)):
+        raise RequestError(
+            400, "INVALID_PARAMETER", f"unknown parameter(s) {unknown}; accepted: {sorted(PARAMS)}"
+        )
+    for name, kind in PARAMS.items():
+        if name in params and not isinstance(params[name], kind):
+            raise RequestError(
+                400, "INVALID_PARAMETER", f"parameter '{name}' must be {kind.__name__}"
+            )
+    return params
+
+
+def _from_split(payload: Any) -> dict[str, list]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("columns"), list):
+        raise malformed(
+            "'dataframe_split' must be an object with 'columns' (names) and 'data' (rows)"
+        )
+    if unknown := set(payload) - {"columns", "data", "index"}:
+        raise malformed(f"unknown key(s) {sorted(unknown)} in 'dataframe_split'")
+    names, data = payload["columns"], payload.get("data")
+    if not all(isinstance(name, str) for name in names):
+        raise malformed("'dataframe_split.columns' must be a list of column names (strings)")
+    if len(set(names)) != len(names):
+        raise malformed("'dataframe_split.columns' names a column twice")
+    if not isinstance(data, list) or not all(type(row) is list for row in data):
+        raise malformed("'dataframe_split.data' must be a list of rows, each a list of values")
+    width = len(names)
+    bad = next((i for i, row in enumerate(data) if len(row) != width), None)
+    if bad is not None:
+        raise malformed(
+            f"row {bad} of 'dataframe_split.data' has {len(data[bad])} values, not {width}"
+        )
+    if not data:
+        return {name: [] for name in names}
+    return dict(zip(names, map(list, zip(*data, strict=True)), strict=True))
+
+
+def _from_records(payload: Any, key: str) -> dict[str, list]:
+    if not isinstance(payload, list) or not all(type(row) is dict for row in payload):
+        raise malformed(f"'{key}' must be a list of rows, each an object of column: value")
+    if not payload:
+        raise RequestError(400, "EMPTY_BATCH", "the request holds no rows to predict")
+    names = list(payload[0])
+    expected = set(names)
+    for i, row in enumerate(payload):
+        if row.keys() != expected:
+            missing, extra = sorted(expected - row.keys()), sorted(row.keys() - expected)
+            raise RequestError(
+                400, "SCHEMA_MISMATCH",
+                f"row {i} of '{key}' has other columns than row 0 (missing {missing}, extra {extra})",
+                row=i, missing=missing, unknown=extra,
+            )  # fmt: skip
+    return {name: [row[name] for row in payload] for name in names}
+
+
+def _from_columns(payload: dict, allow_scalars: bool) -> dict[str, list]:
+    lists = [isinstance(v, list) for v in payload.values()]
+    if all(lists):
+        lengths = {len(v) for v in payload.values()}
+        if len(lengths) > 1:
+            raise malformed(f"columns of different lengths {sorted(lengths)}")
+        return dict(payload)
+    if allow_scalars and not any(lists):  # {"inputs": {"a": 1, "b": 2}}: one row
+        return {name: [value] for name, value in payload.items()}
+    raise malformed("give every column a list of values (or, in 'inputs', every column one value)")
+
+
+# --- CSV ------------------------------------------------------------------------------------------
+
+
+def parse_csv(body: bytes, columns: list[Column]) -> Batch:
+    """A CSV body with a header row (as `DataFrame.to_csv(index=False)` writes it)."""
+    try:
+        text = body.decode("utf-8-sig")
+        rows = list(csv.reader(io.StringIO(text)))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise malformed(f"the body is not UTF-8 CSV: {error}") from None
+    if not rows:
+        raise malformed("the CSV body is empty: it needs a header row naming the columns")
+    header, data = rows[0], [row for row in rows[1:] if row]
+    if len(set(header)) != len(header):
+        raise malformed("the CSV header names a column twice")
+    bad = next((i for i, row in enumerate(data) if len(row) != len(header)), None)
+    if bad is not None:
+        raise malformed(f"CSV row {bad + 1} has {len(data[bad])} fields, not {len(header)}")
+    raw: dict[str, list] = {name: [] for name in header}
+    if data:
+        raw = dict(zip(header, map(list, zip(*data, strict=True)), strict=True))
+    check_names(list(raw), columns)
+    kinds = {c.name: c.type for c in columns}
+    return check(
+        {name: _from_text(name, kinds[name], texts) for name, texts in raw.items()}, columns
+    )
+
+
+def _from_text(name: str, kind: str, texts: list[str]) -> list:
+    """CSV fields to the JSON-like values the column type accepts; empty means missing."""
+    out: list = []
+    for row, text in enumerate(texts):
+        try:
+            if text == "":
+                out.append(None)
+            elif kind in ("double", "float"):
+                out.append(float(text))
+            elif kind in ("long", "integer"):
+                out.append(int(text))
+            elif kind == "boolean":
+                out.append(
+                    {"true": True, "1": True, "false": False, "0": False}[text.strip().lower()]
+                )
+            else:
+                out.append(text)
+        except (ValueError, KeyError):
+            raise invalid_value(name, kind, row, text) from None
+    return out
+
+
+# --- the checks every format goes through ---------------------------------------------------------
+
+
+def check_names(names: list[str], columns: list[Column]) -> None:
+    known = {c.name for c in columns}
+    missing = [c.name for c in columns if c.required and c.name not in names]
+    unknown = [name for name in names if name not in known]
+    if missing or unknown:
+        parts = [
+            f"missing column(s) {missing}" if missing else "",
+            f"unknown column(s) {unknown}" if unknown else "",
+        ]
+        raise RequestError(
+            400, "SCHEMA_MISMATCH",
+            f"{'; '.join(p for p in parts if p)}; the model takes {[c.name for c in columns]}",
+            missing=missing, unknown=unknown,
+        )  # fmt: skip
+
+
+def invalid_value(name: str, kind: str, row: int, value: Any) -> RequestError:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return RequestError(
+        400, "INVALID_VALUE",
+        f"column '{name}' expects {EXPECTED[kind]} ({kind}); row {row} has {shown}",
+        column=name, row=row, expected=kind,
+    )  # fmt: skip
+
+
+def check(values: dict[str, list], columns: list[Column]) -> Batch:
+    """Names, row count and every value's type against the signature; arrays in its dtypes."""
+    check_names(list(values), columns)
+    rows = len(next(iter(values.values()))) if values else 0
+    if rows == 0:
+        raise RequestError(400, "EMPTY_BATCH", "the request holds no rows to predict")
+    arrays, kept = {}, {}
+    for column in columns:
+        # An optional column left out is all missing.
+        values_ = values[column.name] if column.name in values else [None] * rows
+        arrays[column.name] = _array(column, values_)
+        kept[column.name] = values_
+    return Batch(arrays, kept, rows)
+
+
+def _array(column: Column, values: list) -> np.ndarray:
+    accepted = ACCEPTED[column.type]
+    kinds = set(map(type, values))
+    if not kinds <= accepted:
+        row = next(i for i, v in enumerate(values) if type(v) not in accepted)
+        raise invalid_value(column.name, column.type, row, values[row])
+    if float in kinds and column.type in ("long", "integer"):
+        values = _integral(column, values)
+    try:
+        return np.array(values, dtype=column.dtype)
+    except (OverflowError, ValueError, TypeError):
+        for row, value in enumerate(values):  # find the value to name
+            try:
+                np.array([value], dtype=column.dtype)
+            except (OverflowError, ValueError, TypeError):
+                raise invalid_value(column.name, column.type, row, value) from None
+        raise
+
+
+def _integral(column: Column, values: list) -> list:
+    """Integral floats (3.0) as ints; any other float in an integer column is refused."""
+    for row, value in enumerate(values):
+        if type(value) is float and not value.is_integer():
+            raise invalid_value(column.name, column.type, row, value)
+    return [int(v) for v in values]
+
+
+def _json_integer(value: Any) -> Any:
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+# --- the typed /predict request, generated from the signature -------------------------------------
+
+_PYDANTIC = {
+    "double": float,
+    "float": float,
+    "long": int,
+    "integer": int,
+    "boolean": bool,
+    "string": str,
+    "datetime": datetime,
+}
+# 64-bit columns are documented within ±(2**53 - 1), the integers every JSON parser keeps exact
+# (RFC 7493); /invocations, like MLflow, takes the full int64 range.
+_BOUNDS = {"long": (-(2**53 - 1), 2**53 - 1), "integer": (-(2**31), 2**31 - 1)}
+
+
+def row_model(columns: list[Column]) -> type[BaseModel]:
+    """One row of the signature as a pydantic model: JSON names are the column names (aliases)."""
+    fields: dict[str, Any] = {}
+    for i, column in enumerate(columns):
+        annotation: Any = _PYDANTIC[column.type]
+        if column.type in _BOUNDS:
+            annotation = Annotated[annotation, BeforeValidator(_json_integer)]
+        if _NONE in ACCEPTED[column.type]:
+            annotation = annotation | None
+        low, high = _BOUNDS.get(column.type, (None, None))
+        fields[f"c{i}"] = (
+            annotation,
+            Field(
+                ... if column.required else None,
+                alias=column.name,
+                description=f"{column.type}{'' if column.required else ', optional'}",
+                ge=low,
+                le=high,
+                strict=column.type != "datetime",  # ISO strings become datetimes
+            ),
+        )
+    return create_model("Row", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def request_model(row: type[BaseModel]) -> type[BaseModel]:
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        rows=(list[row], Field(min_length=1, description="the rows to predict, one object each")),
+    )
+
+
+class Prediction(BaseModel):
+    prediction: str | int | float | bool | None
+    probabilities: dict[str, float | None] | None = Field(
+        None, description="per-class probability (classifiers only)"
+    )
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+    model_name: str
+    model_version: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the server answers: a code, a sentence, and details such as column names."""
+
+    model_config = ConfigDict(extra="allow")
+    error_code: str
+    message: str
