@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,17 +62,17 @@ cases = {
     "this server's request path, no HTTP": server_path,
 }
 n = int(sys.argv[3])
-out = {}
-for name, call in cases.items():
-    for _ in range(50):
-        call()
-    times = []
-    for _ in range(n):
+times = {name: [] for name in cases}
+for i in range(n + 50):  # interleaved, so a busy moment hits every case alike
+    for name, call in cases.items():
         started = time.perf_counter()
         call()
-        times.append(time.perf_counter() - started)
-    times.sort()
-    out[name] = {"p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)]}
+        if i >= 50:  # warm-up
+            times[name].append(time.perf_counter() - started)
+out = {}
+for name, values in times.items():
+    values.sort()
+    out[name] = {"p50": values[len(values) // 2], "p99": values[int(len(values) * 0.99)]}
 print(json.dumps(out))
 """
 
@@ -104,7 +103,9 @@ class Project:
         return self.root / ".venv" / "bin"
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI")}
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI")
+        }
         env["PATH"] = f"{self.bin}{os.pathsep}{env['PATH']}"
         return env | extra
 
@@ -120,7 +121,7 @@ class Project:
 
 def find_project(path: Path) -> Project:
     root = path.resolve()
-    packages = [p.parent.name for p in (root / "src").glob("*/serving/app.py")]
+    packages = [p.parents[1].name for p in (root / "src").glob("*/serving/app.py")]
     if not (root / ".venv").is_dir() or not packages:
         sys.exit(f"{root} is not a generated project after `make setup` (no .venv or serving app)")
     return Project(root, packages[0])
@@ -132,7 +133,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_ping(port: int, process: subprocess.Popen | None = None, timeout: float = 180) -> float:
+def wait_for_ping(
+    port: int, process: subprocess.Popen | None = None, timeout: float = 180
+) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if process is not None and process.poll() is not None:
@@ -197,7 +200,9 @@ def start_mlflow(project: Project, model_dir: Path, port: int) -> subprocess.Pop
         "local", "-h", "127.0.0.1", "-p", str(port),
     ]  # fmt: skip
     env = project.env(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="true")  # MLflow 3.17 gates every load
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def start_ours(project: Project, bundle: Path, port: int) -> subprocess.Popen:
@@ -205,7 +210,9 @@ def start_ours(project: Project, bundle: Path, port: int) -> subprocess.Popen:
         str(project.bin / "python"), "-m", f"{project.package}.serving", "--bundle", str(bundle),
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    return subprocess.Popen(command, env=project.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command, env=project.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -222,7 +229,9 @@ def http_benchmark(project: Project, bundle: Path, body: bytes, requests: int, r
     for _ in range(repeat):
         for name, start in servers.items():  # alternate, so a busy moment hits both
             port = free_port()
-            process = start(project, bundle / "model" if name.startswith("mlflow") else bundle, port)
+            process = start(
+                project, bundle / "model" if name.startswith("mlflow") else bundle, port
+            )
             try:
                 startup = wait_for_ping(port, process)
                 results[name]["startup"] = min(startup, results[name].get("startup", startup))
@@ -277,11 +286,16 @@ def build_mlflow_image(project: Project, bundle: Path, base_image: str) -> tuple
         dockerfile = folder / "Dockerfile"
         text = dockerfile.read_text()
         original = re.search(r"^FROM (\S+)", text, re.MULTILINE).group(1)
-        dockerfile.write_text(re.sub(r"^FROM \S+", f"FROM {base_image}", text, count=1, flags=re.MULTILINE))
+        dockerfile.write_text(
+            re.sub(r"^FROM \S+", f"FROM {base_image}", text, count=1, flags=re.MULTILINE)
+        )
         tag = MLFLOW_TAG
         built = docker("build", "-t", tag, str(folder))
         if built.returncode != 0:
-            return None, f"its build failed here (apt or pip needs the network): {built.stderr[-400:]}"
+            return (
+                None,
+                f"its build failed here (apt or pip needs the network): {built.stderr[-400:]}",
+            )
         return tag, f"generated FROM {original}, built FROM {base_image}"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -289,7 +303,9 @@ def build_mlflow_image(project: Project, bundle: Path, base_image: str) -> tuple
 
 def image_benchmark(project: Project, version: str, base_image: str) -> dict:
     staged = project.python(STAGE, version)  # build/image/, as `make image` stages it
-    built = docker("build", "-t", OUR_TAG, "--build-arg", f"BASE_IMAGE={base_image}", str(project.root))
+    built = docker(
+        "build", "-t", OUR_TAG, "--build-arg", f"BASE_IMAGE={base_image}", str(project.root)
+    )
     if built.returncode != 0:
         sys.exit(f"building this project's image failed: {built.stderr[-2000:]}")
     size = int(docker("image", "inspect", "-f", "{{.Size}}", OUR_TAG).stdout.strip())
@@ -335,22 +351,32 @@ def report(in_process: dict, http: dict, images: dict | None, load_before: str) 
             f"| {ms(r[8]['p50'])} | {ms(r[8]['p99'])} | {r[8]['rps']:.0f} | {ratio} |"
         )
     if images:
-        lines += ["", "| image | size MB | docker run to /ping 200, s | size vs MLflow |", "| --- | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "| image | size MB | docker run to /ping 200, s | size vs MLflow |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         mlflow_size = images.get("mlflow generate-dockerfile", {}).get("size")
         for name in ("mlflow generate-dockerfile", "this image"):
             if name in images:
                 r = images[name]
                 ratio = f"{r['size'] / mlflow_size:.2f}x" if mlflow_size else "n/a"
-                lines.append(f"| {name} (`{r['tag']}`) | {r['size'] / 1e6:.0f} | {r['healthy']:.1f} | {ratio} |")
+                lines.append(
+                    f"| {name} (`{r['tag']}`) | {r['size'] / 1e6:.0f} | {r['healthy']:.1f} | {ratio} |"
+                )
         lines.append(f"\nMLflow's image: {images['note']}")
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("project", type=Path, help="a generated project after make setup + pipeline")
+    parser.add_argument(
+        "project", type=Path, help="a generated project after make setup + pipeline"
+    )
     parser.add_argument("--requests", type=int, default=2000, help="requests per measurement")
-    parser.add_argument("--repeat", type=int, default=2, help="alternating runs per server (best kept)")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="alternating runs per server (best kept)"
+    )
     parser.add_argument("--version", default="", help="model version (default: the champion)")
     parser.add_argument("--no-docker", action="store_true", help="skip the image comparison")
     parser.add_argument("--keep-images", action="store_true", help="leave the built images")
@@ -360,10 +386,15 @@ def main() -> int:
     bundle_dir = Path(tempfile.mkdtemp(prefix="serving-benchmark-")) / "bundle"
     exported = project.python(EXPORT, str(bundle_dir), args.version)
     bundle = Path(exported["bundle"])
-    print(f"model version {exported['version']} of {project.root.name}, exported to {bundle}", flush=True)
+    print(
+        f"model version {exported['version']} of {project.root.name}, exported to {bundle}",
+        flush=True,
+    )
     in_process = project.python(IN_PROCESS, str(bundle), str(args.requests))
     example = json.loads((bundle / "model" / "input_example.json").read_text())
-    body = json.dumps({"dataframe_split": {"columns": example["columns"], "data": example["data"][:1]}}).encode()
+    body = json.dumps(
+        {"dataframe_split": {"columns": example["columns"], "data": example["data"][:1]}}
+    ).encode()
     http = http_benchmark(project, bundle, body, args.requests, args.repeat)
     images = None
     if not args.no_docker:

@@ -37,7 +37,7 @@ RESERVED_NAMES = frozenset(
         "jupyterlab", "jupyter_client", "nbformat", "nbclient", "sklearn", "scikit_learn",
         "pandas", "numpy", "scipy", "skops", "pandera", "fairlearn", "pyarrow", "yaml", "pyyaml",
         "pydantic", "matplotlib", "fastapi", "starlette", "uvicorn", "httpx", "prometheus_client",
-        "docker", "pytest", "ruff", "pre_commit", "hatchling",
+        "docker", "pytest", "ruff", "pre_commit", "hatchling", "schemathesis", "hypothesis",
         # the generated project's own folders, and names Python or pytest treat specially
         "src", "test", "tests", "notebooks", "data", "conftest", "setup", "site",
         # standard-library modules the project imports (also covered by stdlib_module_names)

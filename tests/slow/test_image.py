@@ -27,7 +27,9 @@ IMAGE_USER = "10001"
 
 
 def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    done = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check and done.returncode != 0:
         pytest.fail(f"`docker {' '.join(args)}` exited {done.returncode}: {done.stderr[-3000:]}")
     return done
@@ -43,8 +45,8 @@ def champion_project(smoked_project):
         try:
             version = client.get_model_version_by_alias(MODEL_NAME, "{CHAMPION}").version
         except MlflowException:
-            models = client.search_logged_models([experiment_id], max_results=1,
-                                                 order_by=[{{"field_name": "creation_time", "ascending": False}}])
+            newest = [{{"field_name": "creation_time", "ascending": False}}]
+            models = client.search_logged_models([experiment_id], max_results=1, order_by=newest)
             version = mlflow.register_model(models[0].model_uri, MODEL_NAME).version
             client.set_registered_model_alias(MODEL_NAME, "{CHAMPION}", version)
         print(json.dumps(version))
@@ -78,7 +80,7 @@ def image(champion_project, docker_base_image):
         f"""
         import json
         from pathlib import Path
-        from {project.options['package_name']}.serving.image import expected_answers
+        from {project.options["package_name"]}.serving.image import expected_answers
         example, expected = expected_answers(Path("build/image/bundle"))
         print(json.dumps({{"example": example, "expected": expected}}))
         """
@@ -106,7 +108,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def request(url: str, body: bytes | None = None, headers: dict | None = None, method: str | None = None):
+def request(
+    url: str, body: bytes | None = None, headers: dict | None = None, method: str | None = None
+):
     """(status, headers, parsed JSON or text) for one request; HTTP errors are answers too."""
     req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
     try:
@@ -128,7 +132,15 @@ def post_json(url: str, payload, headers: dict | None = None):
 def run_container(tag: str, *extra: str) -> Container:
     port = free_port()
     cid = docker(
-        "run", "--detach", "--read-only", "--tmpfs", "/tmp", "-p", f"127.0.0.1:{port}:8080", *extra, tag
+        "run",
+        "--detach",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "-p",
+        f"127.0.0.1:{port}:8080",
+        *extra,
+        tag,
     ).stdout.strip()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -159,7 +171,11 @@ def served(image):
 def guarded(image):
     """The image with a token and the prediction log on (to the /tmp tmpfs)."""
     container = run_container(
-        image.tag, "-e", "SERVING_TOKEN=slow-lane-token", "-e", "PREDICTION_LOG=/tmp/predictions.jsonl"
+        image.tag,
+        "-e",
+        "SERVING_TOKEN=slow-lane-token",
+        "-e",
+        "PREDICTION_LOG=/tmp/predictions.jsonl",
     )
     yield container
     docker("rm", "--force", container.id, check=False)
@@ -169,16 +185,19 @@ def close(got, expected, tolerance=1e-9) -> bool:
     if isinstance(got, dict) and isinstance(expected, dict):
         return got.keys() == expected.keys() and all(close(got[k], expected[k]) for k in got)
     if isinstance(got, list) and isinstance(expected, list):
-        return len(got) == len(expected) and all(close(a, b) for a, b in zip(got, expected))
+        return len(got) == len(expected) and all(
+            close(a, b) for a, b in zip(got, expected, strict=True)
+        )
     if isinstance(expected, float):
-        return isinstance(got, int | float) and abs(got - expected) <= tolerance * max(1, abs(expected))
+        limit = tolerance * max(1, abs(expected))
+        return isinstance(got, int | float) and abs(got - expected) <= limit
     return got == expected
 
 
 def formats(example: dict) -> dict[str, tuple[bytes, str]]:
     """The same rows in every request format the server takes: (body, content type)."""
     columns, rows = example["columns"], example["data"]
-    records = [dict(zip(columns, row)) for row in rows]
+    records = [dict(zip(columns, row, strict=True)) for row in rows]
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(columns)
@@ -189,7 +208,10 @@ def formats(example: dict) -> dict[str, tuple[bytes, str]]:
         "instances": {"instances": records},
         "inputs": {"inputs": {c: [r[i] for r in rows] for i, c in enumerate(columns)}},
     }
-    bodies = {name: (json.dumps(payload).encode(), "application/json") for name, payload in as_json.items()}
+    bodies = {
+        name: (json.dumps(payload).encode(), "application/json")
+        for name, payload in as_json.items()
+    }
     return bodies | {"csv": (text.getvalue().encode(), "text/csv")}
 
 
@@ -205,24 +227,33 @@ def test_image_is_lean_and_labelled(image):
     probe = "import importlib.util as u; print([m for m in ('mlflow', 'jupyterlab', 'notebook', 'papermill') if u.find_spec(m)])"
     found = docker("run", "--rm", "--entrypoint", "python", image.tag, "-c", probe).stdout.strip()
     assert found == "[]", f"the image carries {found}"
-    compilers = docker("run", "--rm", "--entrypoint", "sh", image.tag, "-c", "command -v gcc cc g++ || true")
+    compilers = docker(
+        "run", "--rm", "--entrypoint", "sh", image.tag, "-c", "command -v gcc cc g++ || true"
+    )
     assert compilers.stdout.strip() == ""
 
 
 def test_runs_as_a_non_root_user(image, served):
-    assert docker("inspect", "-f", "{{.Config.User}}", image.tag).stdout.strip().startswith(IMAGE_USER)
+    assert (
+        docker("inspect", "-f", "{{.Config.User}}", image.tag).stdout.strip().startswith(IMAGE_USER)
+    )
     assert served.exec("id", "-u", check=True).stdout.strip() == IMAGE_USER
 
 
 def test_root_filesystem_is_read_only(served):
-    assert docker("inspect", "-f", "{{.HostConfig.ReadonlyRootfs}}", served.id).stdout.strip() == "true"
+    assert (
+        docker("inspect", "-f", "{{.HostConfig.ReadonlyRootfs}}", served.id).stdout.strip()
+        == "true"
+    )
     assert served.exec("touch", "/opt/bundle/x").returncode != 0
     assert served.exec("touch", "/tmp/x").returncode == 0  # the tmpfs
 
 
 def test_healthcheck_reports_healthy(served):
     deadline = time.monotonic() + 60
-    while (status := docker("inspect", "-f", "{{.State.Health.Status}}", served.id).stdout.strip()) != "healthy":
+    while (
+        status := docker("inspect", "-f", "{{.State.Health.Status}}", served.id).stdout.strip()
+    ) != "healthy":
         assert status in ("starting", "healthy") and time.monotonic() < deadline, status
         time.sleep(1)
 
@@ -241,17 +272,23 @@ def test_every_endpoint_answers(image, served):
     assert set(spec["components"]["schemas"]["Row"]["properties"]) == set(image.example["columns"])
 
 
-@pytest.mark.parametrize("form", ["dataframe_split", "dataframe_records", "instances", "inputs", "csv"])
+@pytest.mark.parametrize(
+    "form", ["dataframe_split", "dataframe_records", "instances", "inputs", "csv"]
+)
 def test_every_request_format_matches_in_process_predictions(image, served, form):
     body, content_type = formats(image.example)[form]
-    status, _, answer = request(f"{served.url}/invocations", body, {"Content-Type": content_type}, "POST")
+    status, _, answer = request(
+        f"{served.url}/invocations", body, {"Content-Type": content_type}, "POST"
+    )
     assert status == 200, answer
     assert close(answer["predictions"], image.expected["predictions"])
 
 
 def test_typed_predict_and_probabilities(image, served):
     columns, rows = image.example["columns"], image.example["data"]
-    status, _, answer = post_json(f"{served.url}/predict", {"rows": [dict(zip(columns, r)) for r in rows]})
+    status, _, answer = post_json(
+        f"{served.url}/predict", {"rows": [dict(zip(columns, r, strict=True)) for r in rows]}
+    )
     assert status == 200, answer
     assert close([p["prediction"] for p in answer["predictions"]], image.expected["predictions"])
     split = {"dataframe_split": image.example}
@@ -264,7 +301,7 @@ def test_typed_predict_and_probabilities(image, served):
 
 def test_refusals_are_json_4xx_and_the_server_keeps_answering(image, served):
     columns, rows = image.example["columns"], image.example["data"]
-    row = dict(zip(columns, rows[0]))
+    row = dict(zip(columns, rows[0], strict=True))
     first = columns[0]
     url = f"{served.url}/invocations"
     json_type = {"Content-Type": "application/json"}
@@ -304,7 +341,9 @@ def test_token_guards_all_but_ping_and_health(image, guarded):
 
 def test_prediction_log_is_written_when_asked(image, guarded):
     post_json(
-        f"{guarded.url}/invocations", {"dataframe_split": image.example}, {"Authorization": "Bearer slow-lane-token"}
+        f"{guarded.url}/invocations",
+        {"dataframe_split": image.example},
+        {"Authorization": "Bearer slow-lane-token"},
     )
     deadline = time.monotonic() + 10
     while not (lines := guarded.exec("cat", "/tmp/predictions.jsonl").stdout.splitlines()):

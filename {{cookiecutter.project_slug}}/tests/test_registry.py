@@ -62,7 +62,7 @@ def log_model(model, X, y) -> str:
 def new_version(client, data, model=None) -> str:
     X, y = data
     uri = log_model(model or LogisticRegression(), X, y)
-    return register(client, uri, {"candidate": "linear"}, "a card").version
+    return str(register(client, uri, {"candidate": "linear"}, "a card").version)
 
 
 def test_a_new_version_is_the_challenger_with_tags_and_description(client, data):

@@ -7,9 +7,11 @@ with a JSON 4xx naming the problem, and keep answering afterwards.
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -161,6 +163,22 @@ def test_every_request_format_answers_as_mlflow_does(client, saved, form, monkey
 
 def same(got: list, expected: list) -> bool:
     return got == (pytest.approx(expected) if isinstance(expected[0], float) else expected)
+
+
+def test_mlflow_clients_work_unchanged(client, saved, monkeypatch):
+    """The body MLflow's scoring client sends, and its parser on our answer."""
+    from mlflow.deployments import PredictionsResponse
+    from mlflow.utils.proto_json_utils import dump_input_data
+
+    bundle, X, _ = saved
+    rows = X.head(6)
+    body = dump_input_data(rows)  # what ScoringServerClient.invoke posts
+    answer = client.post("/invocations", content=body, headers=JSON_TYPE)
+    assert answer.status_code == 200, answer.text
+    predictions = PredictionsResponse.from_json(answer.text).get_predictions(
+        predictions_format="ndarray"
+    )
+    assert same(predictions.tolist(), pyfunc_predictions(bundle, rows, monkeypatch))
 
 
 def test_column_order_does_not_matter(client, saved):
@@ -381,7 +399,8 @@ def test_unexpected_error_is_a_json_500_and_the_server_survives(saved, monkeypat
 
 def test_unknown_paths_and_methods_answer_json(client):
     assert client.get("/nope").json()["error_code"] == "NOT_FOUND"
-    assert client.get("/invocations").status_code == 405
+    wrong_method = client.get("/invocations")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
 
 
 # --- token, integrity, trust ------------------------------------------------------------------------
@@ -458,11 +477,69 @@ def test_serving_code_in_the_image_does_not_import_mlflow():
     assert done.stdout.strip() == "[]"
 
 
+# --- from the registry to a bundle, and the image's requirements -----------------------------------
+
+
+def test_export_bundle_takes_the_champion_with_its_provenance(saved, tmp_path, task):
+    """A version registered as 05_deployment registers it, exported as `serve` and `image` do."""
+    import mlflow
+
+    from {{ cookiecutter.package_name }}.serving import export
+    from {{ cookiecutter.package_name }}.tracking import MODEL_NAME, client
+
+    _, X, model = saved
+    registry = client()
+    with mlflow.start_run(tags={"git_commit": "c0ffee"}) as run:
+        info = mlflow.sklearn.log_model(
+            model, name="model", input_example=X.head(2), pip_requirements=["scikit-learn"],
+            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
+        )  # fmt: skip
+    version = mlflow.register_model(info.model_uri, MODEL_NAME, tags={"data_digest": "abc"})
+    registry.set_model_version_tag(MODEL_NAME, version.version, "model_card", "# Card")
+    with pytest.raises(export.RegistryError, match="champion"):
+        export.export_bundle()
+    registry.set_registered_model_alias(MODEL_NAME, "champion", version.version)
+    bundle, manifest = export.export_bundle()
+    assert bundle == tmp_path / "build" / "serving" / str(version.version)
+    assert manifest["model"]["run_id"] == run.info.run_id
+    assert manifest["model"]["git_commit"] == "c0ffee" and manifest["model"]["data_digest"] == "abc"
+    assert manifest["model_card"] == "# Card"
+    assert bundle_files.verify(bundle) == manifest
+    export.record_image(version.version, "img:1")
+    assert registry.get_model_version(MODEL_NAME, version.version).tags["image"] == "img:1"
+
+
+def test_image_requirements_are_the_serve_group(tmp_path):
+    from pathlib import Path
+
+    from {{ cookiecutter.package_name }}.serving.image import requirement_mismatches, serve_requirements
+
+    requirements = serve_requirements(Path(__file__).parents[1] / "pyproject.toml")
+    names = {re.split(r"[=<>~!; ]", line)[0] for line in requirements}
+    assert {"scikit-learn", "skops", "fastapi", "uvicorn", "prometheus-client"} <= names
+    assert not names & {"mlflow", "jupyterlab", "papermill"}
+    assert requirement_mismatches(requirements, tmp_path) == []  # no requirements.txt logged
+    (tmp_path / "requirements.txt").write_text("scikit-learn==0.1\n")
+    assert "scikit-learn" in requirement_mismatches(requirements, tmp_path)[0]
+
+
 # --- prediction log and metrics ---------------------------------------------------------------------
 
 
 def test_prediction_log_is_off_by_default(client, tmp_path):
     assert client.app.state.prediction_log is None
+
+
+def test_prediction_log_lines_appear_without_waiting_for_shutdown(saved, tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    app = create_app(saved[0], Settings(prediction_log=str(path)))
+    with TestClient(app) as logged:
+        logged.post("/invocations", json={"inputs": [ROW]})
+        deadline = time.monotonic() + 5
+        while not path.read_text():
+            assert time.monotonic() < deadline, "the line is still in a buffer"
+            time.sleep(0.01)
+        assert json.loads(path.read_text())["inputs"] == ROW
 
 
 def test_prediction_log_writes_bounded_json_lines(saved, tmp_path):

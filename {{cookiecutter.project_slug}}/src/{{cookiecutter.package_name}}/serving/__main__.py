@@ -36,11 +36,14 @@ def run(bundle: Path, host: str, port: int, access_log: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__package__}", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--bundle", type=Path, default=Path(os.environ.get("MODEL_BUNDLE", "/opt/bundle"))
     )
-    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    # SERVING_HOST, not HOST: zsh sets HOST to the machine's name.
+    parser.add_argument("--host", default=os.environ.get("SERVING_HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument(
         "--access-log", action="store_true",

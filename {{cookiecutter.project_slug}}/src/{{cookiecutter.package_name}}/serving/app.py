@@ -459,7 +459,11 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(error.status_code, "HTTP_ERROR")
-        return fail(request, error.status_code, {"error_code": code, "message": str(error.detail)})
+        answer = fail(
+            request, error.status_code, {"error_code": code, "message": str(error.detail)}
+        )
+        answer.headers.update(error.headers or {})  # e.g. Allow on a 405
+        return answer
 
     def run_model(request: Request, endpoint: str, batch: schema.Batch, probabilities: bool):
         if probabilities and not classification:

@@ -91,6 +91,8 @@ class PredictionLog:
                 continue
             try:
                 self._write(self._lines(item))
+                if self._queue.empty():  # caught up: make the lines visible to readers now
+                    self._file.flush()
             except (OSError, TypeError, ValueError):  # a log problem must not stop the server
                 self.dropped += 1
 
