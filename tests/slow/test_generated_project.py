@@ -186,6 +186,7 @@ def test_pipeline_runs_on_a_mixed_multiclass_csv(project_factory):
         "data.path=data/wine.csv", "data.target=cultivar", "data.id_column=id",
         "data.schema=build/wine-schema.yaml", "use_case.segments=[vineyard]",
         "use_case.positive_class=nebbiolo", "use_case.metric=f1", "use_case.threshold=0.8",
+        "deployment.build_image=false",  # the image is built and tested on the smoked projects
     ]  # fmt: skip
     done = project.cli("pipeline", "--smoke", *[a for s in sets for a in ("--set", s)])
     assert "Pipeline finished" in done.stdout

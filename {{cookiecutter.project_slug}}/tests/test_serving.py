@@ -188,6 +188,19 @@ def test_column_order_does_not_matter(client, saved):
     assert same(answer.json()["predictions"], model.predict(X.head(4)).tolist())
 
 
+def test_nan_in_a_text_column_is_a_missing_value(client, saved):
+    """MLflow writes a missing category as NaN in input examples; JSON null means the same."""
+    _, X, model = saved
+    rows = X.head(2).astype({"colour": object})
+    rows.loc[rows.index[0], "colour"] = np.nan
+    expected = model.predict(rows).tolist()  # imputed, as in training
+    body = json.dumps({"dataframe_split": split(rows)})  # the NaN token, as MLflow writes it
+    assert "NaN" in body
+    answer = client.post("/invocations", content=body, headers=JSON_TYPE)
+    assert answer.status_code == 200, answer.text
+    assert same(answer.json()["predictions"], expected)
+
+
 def test_one_row_as_inputs_object(client, saved):
     _, X, _ = saved
     answer = client.post("/invocations", json={"inputs": records(X.head(1))[0]})

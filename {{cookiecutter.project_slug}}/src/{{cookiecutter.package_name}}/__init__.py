@@ -6,10 +6,10 @@ Modules:
 - `{{ cookiecutter.package_name }}.pipeline`: The pipeline runner: the numbered notebooks, in order, through papermill, as one MLflow run tree.
 - `{{ cookiecutter.package_name }}.serving.app`: The serving app: MLflow's scoring protocol, a typed /predict, health, metadata and metrics.
 - `{{ cookiecutter.package_name }}.serving.bundle`: A serving bundle: the model folder exported from the registry, plus a manifest.
+- `{{ cookiecutter.package_name }}.serving.export`: Export a registered model version as a serving bundle (MLflow is here; the server has none).
 - `{{ cookiecutter.package_name }}.serving.image`: The serving image: stage a build context from the registry, build it, run it, check its answers.
 - `{{ cookiecutter.package_name }}.serving.model`: The model as the server sees it: signature from MLmodel, estimator from model.skops.
 - `{{ cookiecutter.package_name }}.serving.predlog`: The prediction log: JSON Lines, one line per predicted row, off unless PREDICTION_LOG is set.
-- `{{ cookiecutter.package_name }}.serving.registry`: From the model registry to a serving bundle (this side has MLflow; the server never does).
 - `{{ cookiecutter.package_name }}.serving.schema`: Requests checked against the model's signature, before anything reaches the model."""
 
 __version__ = "0.1.0"

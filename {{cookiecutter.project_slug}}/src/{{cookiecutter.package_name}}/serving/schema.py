@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -277,6 +278,8 @@ def check(values: dict[str, list], columns: list[Column]) -> Batch:
 
 def _array(column: Column, values: list) -> np.ndarray:
     accepted = ACCEPTED[column.type]
+    if _NONE in accepted and float not in accepted:
+        values = _nan_as_missing(values)
     kinds = set(map(type, values))
     if not kinds <= accepted:
         row = next(i for i, v in enumerate(values) if type(v) not in accepted)
@@ -292,6 +295,11 @@ def _array(column: Column, values: list) -> np.ndarray:
             except (OverflowError, ValueError, TypeError):
                 raise invalid_value(column.name, column.type, row, value) from None
         raise
+
+
+def _nan_as_missing(values: list) -> list:
+    """NaN is how pandas and MLflow's input examples write a missing value, text columns too."""
+    return [None if type(v) is float and math.isnan(v) else v for v in values]
 
 
 def _integral(column: Column, values: list) -> list:
