@@ -1,9 +1,9 @@
 """Evaluation, the acceptance gate and the registry of a generated project, run for real.
 
 On the smoked project of each task: 04 leaves its metrics, plots, segment table, gate verdict and
-model card, and 05 leaves a champion carrying its lineage. On a project of its own (its registry is
-changed here): an unreachable threshold fails the gate and registers nothing, a worse model stays
-the challenger, and `rollback` moves the champion and back.
+model card; 05 leaves a champion carrying its lineage and its image; an unreachable threshold fails
+the gate and registers nothing; a worse model stays the challenger; `rollback` moves the champion
+and back.
 """
 
 from __future__ import annotations
@@ -91,37 +91,62 @@ def test_deployment_registers_a_champion_with_lineage_and_card(smoked_project):
     assert "decision.json" in runs["05_deployment"]["artifacts"]
 
 
+def deployment_run_of(project, version: str) -> dict:
+    """Tags of the 05_deployment run that registered `version`."""
+    return project.mlflow_query(
+        f"""
+        found = [r for r in runs if r.data.tags.get("mlflow.runName") == "05_deployment"
+                 and r.data.tags.get("registry.version") == "{version}"]
+        print(json.dumps(found[0].data.tags))
+        """
+    )
+
+
 def test_deployment_builds_and_checks_the_champions_image(smoked_project, docker_base_image):
     """The smoked pipeline ran with the engine up: 05 built the image before promoting."""
-    runs = latest_phase_runs(smoked_project)
-    champion = registry_state(smoked_project)["aliases"]["champion"]
-    image = registry_state(smoked_project)["versions"][champion].get("image", "")
+    registry = registry_state(smoked_project)
+    champion = registry["aliases"]["champion"]
+    image = registry["versions"][champion].get("image", "")
     assert image.endswith(f":{champion}"), "05 records the image tag on the new champion"
-    assert runs["05_deployment"]["tags"]["registry.image"] == image
+    assert deployment_run_of(smoked_project, champion)["registry.image"] == image
 
 
-@pytest.fixture(scope="module")
-def gated_project(project_factory):
-    """A classification project with a first champion from a smoke run."""
-    project = project_factory(task="classification", project_name="Gate Keeper")
-    project.cli("pipeline", "--smoke", *NO_IMAGE)
-    return project
+# The gate and the champion, on the smoked project: `--from` reuses its last run's data (and model),
+# and the champion is back where it was at the end.
+UNREACHABLE = {
+    "classification": ("use_case.threshold=0.9999", "roc_auc on the test set", ">= 0.9999"),
+    "regression": ("use_case.threshold=0.0001", "mae on the test set", "<= 0.0001"),
+}
+STUMP = "{n_estimators: [1], max_depth: [1], min_samples_leaf: [1]}"  # one tree of depth 1
+WORSE_BUT_ACCEPTABLE = {
+    "classification": ["use_case.threshold=0.6", "use_case.worst_segment_threshold=0.5"],
+    "regression": [
+        "use_case.threshold=1000", "use_case.worst_segment_threshold=1000",
+        "evaluation.baseline_margin=0.0", "use_case.fairness_limits.error_gap=1000",
+    ],
+}  # fmt: skip
 
 
-def test_an_unreachable_threshold_fails_the_gate_and_registers_nothing(gated_project):
-    before = registry_state(gated_project)
-    done = gated_project.cli(
-        "pipeline", "--smoke", *NO_IMAGE, "--set", "use_case.threshold=0.9999", check=False
+def sets(*values: str) -> list[str]:
+    return [arg for value in values for arg in ("--set", value)]
+
+
+def test_an_unreachable_threshold_fails_the_gate_and_registers_nothing(smoked_project):
+    task = smoked_project.options["task"]
+    setting, criterion, needs = UNREACHABLE[task]
+    before = registry_state(smoked_project)
+    done = smoked_project.cli(
+        "pipeline", "--smoke", "--from", "04", *NO_IMAGE, *sets(setting), check=False
     )
     assert done.returncode == 1
     assert "04_evaluation.ipynb failed" in done.stderr
     assert "acceptance gate failed, nothing is registered" in done.stderr
-    assert "needs >= 0.9999" in done.stderr
-    assert "05_deployment" not in done.stdout, "the pipeline stops at the gate"
-    assert registry_state(gated_project) == before, "no version added, the champion untouched"
-    evaluation = latest_phase_runs(gated_project)["04_evaluation"]
+    assert f"needs {needs}" in done.stderr
+    assert "] 05_deployment" not in done.stdout, "the pipeline stops at the gate"
+    assert registry_state(smoked_project) == before, "no version added, the champion untouched"
+    evaluation = latest_phase_runs(smoked_project)["04_evaluation"]
     assert evaluation["tags"]["gate"] == "failed" and evaluation["status"] == "FAILED"
-    gate = gated_project.mlflow_query(
+    gate = smoked_project.mlflow_query(
         """
         newest = max((r for r in runs if r.data.tags.get("mlflow.runName") == "04_evaluation"),
                      key=lambda r: r.info.start_time)
@@ -129,31 +154,29 @@ def test_an_unreachable_threshold_fails_the_gate_and_registers_nothing(gated_pro
         """
     )
     failed = {c["criterion"]: c["limit"] for c in gate["criteria"] if not c["passed"]}
-    assert failed == {"roc_auc on the test set": 0.9999}
+    assert failed == {criterion: float(setting.split("=")[1])}
 
 
-def test_a_worse_model_stays_challenger_and_rollback_moves_the_champion(gated_project):
-    champion = registry_state(gated_project)["aliases"]["champion"]
-    stump = "{n_estimators: [1], max_depth: [1], min_samples_leaf: [1]}"
+def test_a_worse_model_stays_challenger_and_rollback_moves_the_champion(smoked_project):
+    task = smoked_project.options["task"]
+    metric = HEADLINE[task]
+    champion = registry_state(smoked_project)["aliases"]["champion"]
     worse = [
-        "modelling.candidates=[random_forest]", f"modelling.search_space.random_forest={stump}",
-        "use_case.threshold=0.6", "use_case.worst_segment_threshold=0.5",
-    ]  # fmt: skip
-    done = gated_project.cli(
-        "pipeline", "--smoke", *NO_IMAGE, *[arg for s in worse for arg in ("--set", s)]
-    )
-    assert f"champion stays version {champion}" in done.stdout
-    registry = registry_state(gated_project)
+        "modelling.candidates=[random_forest]",
+        f"modelling.search_space.random_forest={STUMP}",
+        *WORSE_BUT_ACCEPTABLE[task],
+    ]
+    smoked_project.cli("pipeline", "--smoke", "--from", "03", *NO_IMAGE, *sets(*worse))
+    registry = registry_state(smoked_project)
     newest = max(registry["versions"], key=int)
     assert registry["aliases"] == {"champion": champion, "challenger": newest}
     assert registry["versions"][newest]["decision"] == "kept champion"
-    decision = latest_phase_runs(gated_project)["05_deployment"]["metrics"]
-    assert decision["challenger_test_roc_auc"] < decision["champion_test_roc_auc"]
+    scores = latest_phase_runs(smoked_project)["05_deployment"]["metrics"]
+    challenger, kept = scores[f"challenger_test_{metric}"], scores[f"champion_test_{metric}"]
+    assert challenger < kept if task == "classification" else challenger > kept
 
-    moved = gated_project.make("rollback", f"--to {newest}")
+    moved = smoked_project.make("rollback", f"--to {newest}")
     assert f"champion moved from version {champion} to version {newest}" in moved.stdout
-    back = gated_project.make("rollback")
+    back = smoked_project.make("rollback")
     assert f"champion moved from version {newest} to version {champion}" in back.stdout
-    assert registry_state(gated_project)["aliases"]["champion"] == champion
-    refused = gated_project.cli("rollback", check=False)
-    assert refused.returncode == 1 and "no previous champion" in refused.stderr
+    assert registry_state(smoked_project)["aliases"]["champion"] == champion
