@@ -336,7 +336,7 @@ def rendered(argument: str, bakery: Bakery) -> str:
 
 def make_targets(root: Path) -> str:
     """The Makefile's `target: ## help` lines as a table."""
-    found = re.findall(r"^([a-z]+):.*?## (.*)$", (root / "Makefile").read_text(), re.MULTILINE)
+    found = re.findall(r"^([a-z][a-z-]*):.*?## (.*)$", (root / "Makefile").read_text(), re.MULTILINE)
     rows = ["| command | what it does |", "|---|---|"]
     rows += [f"| `make {target}` | {cell(help_text)} |" for target, help_text in found]
     return "\n".join(rows)

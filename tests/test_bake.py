@@ -60,6 +60,7 @@ BASE_FILES = [
     "notebooks/03_modelling.ipynb",
     "notebooks/04_evaluation.ipynb",
     "notebooks/05_deployment.ipynb",
+    "notebooks/06_monitoring.ipynb",
     "params.yaml",
     "pyproject.toml",
     "schema.yaml",
@@ -68,6 +69,7 @@ BASE_FILES = [
     "src/{package}/data.py",
     "src/{package}/evaluation.py",
     "src/{package}/modelling.py",
+    "src/{package}/monitoring.py",
     "src/{package}/params.py",
     "src/{package}/pipeline.py",
     "src/{package}/project.py",
@@ -88,6 +90,7 @@ BASE_FILES = [
     "tests/test_data.py",
     "tests/test_evaluation.py",
     "tests/test_modelling.py",
+    "tests/test_monitoring.py",
     "tests/test_params.py",
     "tests/test_pipeline.py",
     "tests/test_registry.py",
@@ -97,6 +100,17 @@ BASE_FILES = [
 FILES_BY_OPTION = {
     ("ci", "github"): [".github/workflows/ci.yml", ".github/dependabot.yml"],
     ("docker", True): ["Dockerfile", ".dockerignore"],
+    ("tracking", "server"): [
+        "compose.yaml",
+        ".env.example",
+        "tracking-server/mlflow.Dockerfile",
+        "tracking-server/postgres.Dockerfile",
+        "tracking-server/postgres-entrypoint.sh",
+        "tracking-server/requirements.txt",
+        "tracking-server/serve.py",
+        "src/{package}/tracking_server.py",
+        "tests/test_tracking_server.py",
+    ],
 }
 
 MAKE_TARGETS = ["help", "setup", "lab", "pipeline", "check", "fix", "test", "image", "serve",

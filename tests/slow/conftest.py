@@ -124,7 +124,18 @@ def smoked_project(project) -> Project:
     engine answers, its image built by 05_deployment against the base image the tests use."""
     base_image = None if engine_problem() else base_image_name()
     project.cli("pipeline", "--smoke", env={"BASE_IMAGE": base_image} if base_image else None)
-    return project
+    yield project
+    if base_image:  # the images 05 built: named after the project, tagged with model versions
+        remove_images(project.slug)
+
+
+def remove_images(repository: str) -> None:
+    listed = subprocess.run(
+        ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if tags := listed.stdout.split():
+        subprocess.run(["docker", "image", "rm", "--force", *tags], capture_output=True, check=False)
 
 
 def engine_problem() -> str | None:

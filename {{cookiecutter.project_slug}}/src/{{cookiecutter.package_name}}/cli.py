@@ -28,6 +28,13 @@ def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 PASS_THROUGH = ("lab", "test")  # commands that hand unknown options to the tool they wrap
+MONITOR_EPILOG = """\
+exit status: 0 ok, 3 warn, 4 retrain, 1 error (a bad batch, no champion), 2 wrong usage.
+`make monitor` itself exits 2 for anything but ok: schedulers call this command.
+
+  monitor                                          judge the serving prediction log
+  monitor --set monitoring.current_path=batch.csv  judge a CSV or Parquet batch
+  monitor --shifted-batch data/shifted.csv         write a drifted demo batch (then judge it)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,11 +67,40 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--version", help="model version to serve (default: the champion)")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--host", default="127.0.0.1")
+    monitor = commands.add_parser(
+        "monitor", help="judge current data against the training data; exit status: the verdict",
+        description="Run notebooks/06_monitoring.ipynb on a current batch: drift, performance and\n"
+        "a verdict (ok, warn or retrain), logged as an MLflow run. --set, --params and --smoke\n"
+        "also apply to the pipeline that --retrain runs.",
+        epilog=MONITOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    _pipeline_arguments(monitor)  # --smoke applies to the pipeline --retrain runs
+    monitor.add_argument(
+        "--retrain", action="store_true", help="run the pipeline when the verdict is retrain"
+    )
+    monitor.add_argument(
+        "--shifted-batch", metavar="FILE",
+        help="write the champion's test set, shifted by one standard deviation, to FILE and stop",
+    )  # fmt: skip
     image = commands.add_parser("image", help="build and check the champion's serving image")
     image.add_argument("--version", help="model version to build (default: the champion)")
     image.add_argument("--base-image", help="FROM image (default: $BASE_IMAGE or the Dockerfile's)")
     image.add_argument("--no-build", action="store_true", help="only stage build/image/")
     image.add_argument("--no-verify", action="store_true", help="do not run the image to check it")
+{%- if cookiecutter.tracking == 'server' %}
+    server = commands.add_parser(
+        "tracking-server", help="the team's MLflow server without Docker; migrate a local store"
+    )
+    server_actions = server.add_subparsers(dest="action", required=True, metavar="ACTION")
+    server_actions.add_parser("start", help="start `mlflow server` on a local PostgreSQL (.env)")
+    server_actions.add_parser("status", help="whether the server started here runs and answers")
+    server_actions.add_parser("stop", help="stop the server `start` started")
+    migrate = server_actions.add_parser(
+        "migrate", help="copy the local SQLite store's runs and models to the tracking server"
+    )
+    migrate.add_argument("--source", help="store to copy from (default: this project's mlflow.db)")
+    migrate.add_argument("--target", help="server to copy to (default: MLFLOW_TRACKING_URI)")
+{%- endif %}
     return parser
 
 
@@ -74,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command not in PASS_THROUGH:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    handler = globals()[f"_cmd_{args.command}"]
+    handler = globals()[f"_cmd_{args.command.replace('-', '_')}"]
     try:
         return handler(args) or 0
     except KeyboardInterrupt:
@@ -120,6 +156,38 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     print(f"  executed notebooks: {outcome.run_dir}")
     print(f"  MLflow run:         {outcome.run_id} (open the UI with `make ui`)")
     return 0
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from . import monitoring, pipeline
+    from .params import ParamsError
+
+    try:
+        notebook = pipeline.on_demand_notebook("06_monitoring")
+        plan = pipeline.plan(args.param_files, args.sets, args.smoke, notebooks=[notebook])
+        if args.shifted_batch:
+            target = plan.tree["data"]["target"]
+            version = plan.tree["monitoring"]["model_version"]
+            path, rows = monitoring.write_shifted_batch(args.shifted_batch, target, version)
+            print(f"Wrote {rows} shifted rows to {path}; judge them with:")
+            print(f'  make monitor ARGS="--set monitoring.current_path={args.shifted_batch}"')
+            return 0
+        outcome = pipeline.run_on_demand(plan, kind="monitoring")
+        verdict = monitoring.read_verdict(outcome.run_dir)
+    except (ParamsError, pipeline.PipelineError, monitoring.MonitoringError) as error:
+        return _fail(error)
+    print(f"Verdict: {verdict['verdict']}")
+    for reason in verdict["reasons"]:
+        print(f"  - {reason}")
+    print(f"  executed notebook: {outcome.executed[0]}")
+    print(f"  MLflow run:        {outcome.run_id} (open the UI with `make ui`)")
+    if args.retrain and verdict["verdict"] == "retrain":
+        print("Retraining (--retrain): running the pipeline")
+        if code := _cmd_pipeline(argparse.Namespace(**{**vars(args), "only": None, "start": None})):
+            return code
+    code = monitoring.EXIT_CODES[verdict["verdict"]]
+    print(f"exit status {code} ({verdict['verdict']})")
+    return code
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
@@ -225,6 +293,25 @@ def _cmd_image(args: argparse.Namespace) -> int:
         return 1
     print(f"Image {tag}")
     return 0
+{%- if cookiecutter.tracking == 'server' %}
+
+
+def _cmd_tracking_server(args: argparse.Namespace) -> int:
+    from . import tracking_server as server
+
+    try:
+        if args.action == "start":
+            server.start()
+        elif args.action == "stop":
+            server.stop()
+        elif args.action == "status":
+            return server.status()
+        else:
+            print(server.migrate(args.source, args.target))
+    except server.TrackingServerError as error:
+        return _fail(error)
+    return 0
+{%- endif %}
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ pipeline run (parent)            params, git commit, package versions
   01_use_case (child)            each notebook logs to its own child run,
   02_data_preparation (child)    and the executed notebook is attached to it
   ...
+
+On-demand notebooks (06_monitoring) are numbered like the others, so `check` and `fix` keep their
+parameters in sync, but the pipeline never runs them: their own command (`monitor`) does, each as a
+top-level MLflow run of its own, by `run_on_demand`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from .project import HANDOFF, RUN_DIR_ENV, latest_handoff, project_root
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 KERNEL = "python3"  # the interpreter running this command, so notebooks see the same packages
 PARENT_RUN_ENV = "PIPELINE_PARENT_RUN_ID"
+RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+ON_DEMAND = ("06_monitoring",)  # run by their own command, never by the pipeline
 
 
 class PipelineError(RuntimeError):
@@ -53,9 +59,16 @@ class Outcome:
     seconds: float = 0.0
 
 
-def discover(notebook_dir: Path) -> list[Path]:
-    """The numbered notebooks, in the order their numbers give."""
-    return sorted(notebook_dir.glob(NOTEBOOK_PATTERN))
+def discover(notebook_dir: Path, on_demand: bool = False) -> list[Path]:
+    """The numbered notebooks the pipeline runs, in the order their numbers give; with `on_demand`,
+    also those their own command runs (`check` and `fix` look at every notebook)."""
+    found = sorted(notebook_dir.glob(NOTEBOOK_PATTERN))
+    return found if on_demand else [n for n in found if n.stem not in ON_DEMAND]
+
+
+def on_demand_notebook(stem: str) -> Path:
+    """An on-demand notebook by name, e.g. `06_monitoring`."""
+    return project_root() / "notebooks" / f"{stem}.ipynb"
 
 
 def select(notebooks: list[Path], only: list[str] | None = None, start: str | None = None):
@@ -88,12 +101,16 @@ def plan(
     smoke: bool = False,
     only: list[str] | None = None,
     start: str | None = None,
+    notebooks: list[Path] | None = None,
 ) -> Plan:
-    """Resolve and check every notebook's parameters; raises ParamsError listing every problem."""
+    """Resolve and check every notebook's parameters; raises ParamsError listing every problem.
+
+    `notebooks` names them outright (an on-demand notebook); else the pipeline's, or part of it."""
     root = project_root()
     base = P.load_yaml(root / P.PARAMS_FILE)
     tree, raw_sets = P.resolve(base, param_files or [], sets or [], smoke=smoke)
-    notebooks = select(discover(root / "notebooks"), only, start)
+    if notebooks is None:
+        notebooks = select(discover(root / "notebooks"), only, start)
     values, problems = {}, []
     for notebook in notebooks:
         try:
@@ -107,7 +124,44 @@ def plan(
 
 
 def run(the_plan: Plan, echo=print) -> Outcome:
-    """Execute the plan; raises PipelineError when a notebook fails (its runs marked FAILED)."""
+    """Execute the plan; raises PipelineError when a notebook fails (its runs marked FAILED).
+
+    A tracking server that does not answer stops the run before it starts; one lost during the run
+    stops it at the next MLflow call with a PipelineError that says so (the runs then stay RUNNING
+    on the server: nothing can mark them), instead of MLflow's retries and traceback.
+    """
+    if problem := tracking.server_problem():
+        raise PipelineError(f"Nothing was run: {problem}")
+    retries = os.environ.get(RETRIES_ENV)
+    try:
+        return _run_tree(the_plan, echo)
+    except Exception as error:
+        if (problem := tracking.server_problem()) is None:
+            raise
+        cause = next((e for e in _chain(error) if isinstance(e, PipelineError)), error)
+        first_line = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise PipelineError(
+            f"The pipeline stopped: {problem}\n"
+            f"  What failed: {first_line[:500]}\n"
+            "  What was logged before that is on the server; this run and the notebook it was in "
+            "could not be marked FAILED and show as RUNNING there. Run the pipeline again once the "
+            "server answers."
+        ) from None
+    finally:
+        if retries is None:
+            os.environ.pop(RETRIES_ENV, None)
+        else:
+            os.environ[RETRIES_ENV] = retries
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The error and those it was raised while handling."""
+    while error is not None:
+        yield error
+        error = error.__context__
+
+
+def _run_tree(the_plan: Plan, echo=print) -> Outcome:
     started = time.perf_counter()
     experiment_id = tracking.configure()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -151,6 +205,30 @@ def _log_context(the_plan: Plan, run_dir: Path) -> None:
     mlflow.set_tag("run_dir", str(run_dir))
 
 
+def run_on_demand(the_plan: Plan, kind: str) -> Outcome:
+    """Execute an on-demand notebook as a top-level MLflow run tagged `kind`, its folder under
+    runs/<kind>/ (so it is never taken for a pipeline run's handoff); raises PipelineError."""
+    (notebook,) = the_plan.notebooks
+    if problem := tracking.server_problem():
+        raise PipelineError(f"Nothing was run: {problem}")
+    started = time.perf_counter()
+    experiment_id = tracking.configure()
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    client = mlflow.MlflowClient()
+    run = client.create_run(
+        experiment_id,
+        tags={**tracking.git_tags(), MLFLOW_RUN_NAME: f"{kind}-{stamp}",
+              "notebook": notebook.name, "kind": kind},
+    )  # fmt: skip
+    run_id = run.info.run_id
+    run_dir = project_root() / "runs" / kind / f"{stamp}-{run_id[:8]}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    client.log_dict(run_id, the_plan.tree, "params.yaml")
+    env = {"MLFLOW_RUN_ID": run_id, RUN_DIR_ENV: str(run_dir)}
+    executed = _execute(notebook, the_plan.values[notebook], run_dir, client, run_id, env)
+    return Outcome(run_id, run_dir, [executed], time.perf_counter() - started)
+
+
 def _run_notebook(
     notebook: Path, values: dict[str, Any], run_dir: Path, parent: mlflow.ActiveRun, tags: dict
 ) -> Path:
@@ -162,8 +240,16 @@ def _run_notebook(
               "notebook": notebook.name, "kind": "notebook"},
     )  # fmt: skip
     child_id = child.info.run_id
-    executed = run_dir / notebook.name
     env = {"MLFLOW_RUN_ID": child_id, RUN_DIR_ENV: str(run_dir), PARENT_RUN_ENV: parent_id}
+    return _execute(notebook, values, run_dir, client, child_id, env)
+
+
+def _execute(
+    notebook: Path, values: dict[str, Any], run_dir: Path, client: mlflow.MlflowClient,
+    run_id: str, env: dict[str, str],
+) -> Path:  # fmt: skip
+    """Run one notebook with papermill into `run_dir`, for the MLflow run `run_id`."""
+    executed = run_dir / notebook.name
     try:
         with _environment(env):
             papermill.execute_notebook(
@@ -178,20 +264,24 @@ def _run_notebook(
                 extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
     except papermill.PapermillExecutionError as error:
-        _finish(client, child_id, executed, "FAILED")
+        _finish(client, run_id, executed, "FAILED")
         raise PipelineError(
             f"{notebook.name} failed in cell {error.cell_index + 1} "
             f"(execution count {error.exec_count}): {error.ename}: {error.evalue}\n"
             f"Executed notebook, with the failed cell marked: {executed}"
         ) from None
     except BaseException:
-        _finish(client, child_id, executed, "KILLED")
+        _finish(client, run_id, executed, "KILLED")
         raise
-    _finish(client, child_id, executed, "FINISHED")
+    _finish(client, run_id, executed, "FINISHED")
     return executed
 
 
 def _finish(client: mlflow.MlflowClient, run_id: str, executed: Path, status: str) -> None:
+    if tracking.server_problem():
+        # Nothing can be recorded: the closing calls that follow fail at once, not after retries.
+        os.environ[RETRIES_ENV] = "0"
+        return
     if executed.exists():
         client.log_artifact(run_id, str(executed), artifact_path="notebook")
     client.set_terminated(run_id, status=status)

@@ -126,7 +126,7 @@ def params_drift() -> list[str]:
     tree = P.load_yaml(root / P.PARAMS_FILE)
     declared = {}
     problems = []
-    for notebook in discover(root / "notebooks"):
+    for notebook in discover(root / "notebooks", on_demand=True):
         try:
             declared[notebook] = P.read_notebook_params(notebook)
         except P.ParamsError as error:
@@ -160,7 +160,7 @@ def check(echo=print) -> int:
 def fix(echo=print) -> int:
     root = project_root()
     tree = P.load_yaml(root / P.PARAMS_FILE)
-    for notebook in discover(root / "notebooks"):
+    for notebook in discover(root / "notebooks", on_demand=True):
         if P.sync_notebook(notebook, tree):
             echo(f"copied params.yaml values into {notebook.name}")
     steps = [
@@ -201,7 +201,7 @@ def clean(everything: bool = False, echo=print) -> int:
 def notebook_outline() -> list[tuple[str, str]]:
     """(notebook, first heading) pairs: what `help` and the README list."""
     outline = []
-    for notebook in discover(project_root() / "notebooks"):
+    for notebook in discover(project_root() / "notebooks", on_demand=True):
         cells = json.loads(notebook.read_text())["cells"]
         title = next((c["source"] for c in cells if c["cell_type"] == "markdown"), [""])
         outline.append((notebook.stem, "".join(title).splitlines()[0].lstrip("# ")))

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from importlib import metadata
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .project import PROJECT_NAME, project_root
@@ -27,10 +33,96 @@ KEY_PACKAGES = ("mlflow", "scikit-learn", "pandas", "numpy", "papermill", "nbdev
 def local_tracking_uri() -> str:
     """An absolute SQLite URI, so a notebook run from another folder finds the same store."""
     return f"sqlite:///{project_root() / 'mlflow.db'}"
+{%- if cookiecutter.tracking == 'server' %}
+
+
+ENV_FILE = ".env"  # the team server's settings (see .env.example); git ignores it
+# How long a client keeps retrying a server that does not answer: MLflow's own defaults (7 retries,
+# backoff factor 2, 120 s timeout) make a stopped server look like a hung pipeline for minutes.
+CLIENT_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def read_env_file(path: Path | None = None) -> dict[str, str]:
+    """KEY=VALUE lines of .env (comments, blank lines and `export ` allowed; quotes stripped)."""
+    path = path or project_root() / ENV_FILE
+    values = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip().removeprefix("export ").strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, value = (part.strip() for part in line.split("=", 1))
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            values[key] = value
+    return values
+
+
+def load_settings() -> None:
+    """.env and the client defaults, beneath whatever the environment already sets."""
+    for key, value in {**CLIENT_DEFAULTS, **read_env_file()}.items():
+        if value:
+            os.environ.setdefault(key, value)
+{%- endif %}
 
 
 def tracking_uri() -> str:
+{%- if cookiecutter.tracking == 'server' %}
+    load_settings()
+{%- endif %}
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI or local_tracking_uri()
+
+
+def server_problem(uri: str | None = None, timeout: float = 5.0) -> str | None:
+    """Why the tracking server cannot be used (down, refusing the credentials), or None.
+
+    One quick request each to /health and to the API, without MLflow's retries, so the pipeline can
+    say so before it starts and tell a lost server from a failing notebook. Stores that are not
+    servers (SQLite) always answer None.
+    """
+    uri = (uri or tracking_uri()).rstrip("/")
+    if urllib.parse.urlsplit(uri).scheme not in ("http", "https"):
+        return None
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=timeout) as response:
+            response.read()
+    except (OSError, ValueError) as error:  # refused, unreachable, timed out, HTTP 5xx
+        reason = getattr(error, "reason", None) or error
+        return (
+            f"the MLflow tracking server at {uri} does not answer ({reason}). Start it "
+{%- if cookiecutter.tracking == 'server' %}
+            "(`make tracking-start`, or `docker compose up -d` where it runs in Docker), "
+{%- endif %}
+            "or point MLFLOW_TRACKING_URI at one that runs."
+        )
+    query = urllib.parse.urlencode({"max_results": 1})
+    request = urllib.request.Request(f"{uri}/api/2.0/mlflow/experiments/search?{query}")
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    elif token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            json.load(response)
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            who = f"user {user!r}" if user else "no credentials"
+            return (
+                f"the MLflow tracking server at {uri} refused the request ({error.code}, {who}): "
+                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (in the environment or "
+                ".env) to a user of the server."
+            )
+        return f"the MLflow tracking server at {uri} answered {error.code} {error.reason}."
+    except (OSError, ValueError) as error:
+        return f"the MLflow tracking server at {uri} does not answer its API ({error})."
+    return None
 
 
 def configure() -> str:
@@ -44,11 +136,22 @@ def configure() -> str:
     elif uri.startswith("sqlite:"):
         # Artifacts next to the store, whatever the working directory is.
         location = (project_root() / "mlruns").as_uri()
-        experiment_id = mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+        experiment_id = _create_experiment(location)
     else:
-        experiment_id = mlflow.create_experiment(EXPERIMENT_NAME)
+        experiment_id = _create_experiment(None)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def _create_experiment(location: str | None) -> str:
+    """Create the experiment; if a run started at the same time created it first, use that one."""
+    try:
+        return mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+    except MlflowException:
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def client() -> MlflowClient:
