@@ -357,6 +357,8 @@ def auth_server(team_project, postgres, tmp_path_factory):
         os.killpg(process.pid, 15)
         process.wait(timeout=60)
         log.close()
+        # serve.py's auth config (it holds the database URI): one per port, removed with the server.
+        Path(tempfile.gettempdir(), f"mlflow-basic-auth-{os.getuid()}-{port}.ini").unlink(missing_ok=True)
 
 
 def api(url: str, credentials: tuple[str, str] | None = None) -> int:
