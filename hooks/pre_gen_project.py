@@ -36,7 +36,8 @@ RESERVED_NAMES = frozenset(
         "mlflow", "mlflow_skinny", "papermill", "nbdev", "ipykernel", "IPython", "jupyter",
         "jupyterlab", "jupyter_client", "nbformat", "nbclient", "sklearn", "scikit_learn",
         "pandas", "numpy", "scipy", "skops", "pandera", "fairlearn", "pyarrow", "yaml", "pyyaml",
-        "pydantic", "matplotlib", "fastapi", "starlette", "uvicorn", "httpx", "prometheus_client",
+        "pydantic", "matplotlib", "fastapi", "starlette", "uvicorn", "uvloop", "httptools",
+        "httpx", "prometheus_client",
         "docker", "pytest", "ruff", "pre_commit", "hatchling", "schemathesis", "hypothesis",
         # the generated project's own folders, and names Python or pytest treat specially
         "src", "test", "tests", "notebooks", "data", "conftest", "setup", "site",

@@ -7,7 +7,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
-
 import numpy as np
 import pandas as pd
 import pytest
