@@ -69,8 +69,16 @@ def test_smoke_pipeline_leaves_the_run_tree(smoked_project):
     assert tree["parent_tags"]["version.mlflow"] == "3.17.2"
     assert {"data.path", "data.target", "modelling.cv_folds", "use_case.metric"} <= set(tree["parent_params"])
     assert {"params.yaml", "environment.txt"} <= set(tree["parent_artifacts"])
-    notebooks = sorted(p.name for p in (smoked_project.root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    assert sorted(tree["children"]) == [n.removesuffix(".ipynb") for n in notebooks]
+    notebooks = smoked_project.python_json(
+        f"""
+        import json
+        from pathlib import Path
+        from {smoked_project.options["package_name"]}.pipeline import discover
+        print(json.dumps([n.stem for n in discover(Path("notebooks"))]))
+        """
+    )
+    assert notebooks[0] == "01_use_case" and "06_monitoring" not in notebooks  # run by `monitor`
+    assert sorted(tree["children"]) == notebooks
     assert set(tree["children"].values()) == {"FINISHED"}
     for name, files in tree["notebooks"].items():
         assert files == [f"notebook/{name}.ipynb"]
