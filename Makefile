@@ -17,8 +17,9 @@ uv-present:
 demo: uv-present ## generate a default project in build/demo, set it up, run its pipeline, build its image
 	$(UV) run --group test python tools/demo.py
 
+# One pytest-xdist worker per core; the tests that share a generated project stay on one worker.
 test: uv-present ## the template's tests: the fast lane and the slow lane (generated projects run for real)
-	$(UV) run --group test pytest
+	$(UV) run --group test pytest -n auto --dist loadgroup
 
 fast: uv-present ## only the fast lane (seconds)
 	$(UV) run --group test pytest -m "not slow"

@@ -1,12 +1,15 @@
 """The cost of the notebook machinery: the pipeline through papermill against the same code in one
 plain Python process.
 
-    uv run python benchmarks/pipeline.py PROJECT_DIR [--repeat 2] [--full]
+    uv run python benchmarks/pipeline.py PROJECT_DIR [--repeat 2] [--full] [--set KEY=VALUE ...]
 
 PROJECT_DIR is a generated project after `make setup`. Both sides run the same notebook code with
 the same parameters (from the project's own planner) and log to MLflow alike; the plain side
 executes each notebook's code cells with `exec` in one process, which is the floor any notebook
 runner can reach. Prints each time and the ratio pipeline / plain.
+
+By default both sides run with `deployment.build_image=false`: a Docker build costs the same on
+either side and, with the engine's layer cache warm or cold, would only add noise to the ratio.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import json, os, sys, tempfile
 from pathlib import Path
 import matplotlib
 matplotlib.use("Agg")
+import matplotlib.pyplot
 import importlib
 package = importlib.import_module(sys.argv[1])
 pipeline = importlib.import_module(sys.argv[1] + ".pipeline")
 smoke = sys.argv[2] == "smoke"
-plan = pipeline.plan(smoke=smoke)
+plan = pipeline.plan(smoke=smoke, sets=sys.argv[3:])
 os.environ["PIPELINE_RUN_DIR"] = tempfile.mkdtemp(prefix="plain-run-")
 for notebook in plan.notebooks:
     cells = json.loads(notebook.read_text())["cells"]
@@ -58,6 +62,10 @@ def main() -> int:
     parser.add_argument("project", type=Path)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--full", action="store_true", help="also time the full (non-smoke) pipeline")
+    parser.add_argument(
+        "--set", dest="sets", action="append", metavar="KEY=VALUE",
+        default=None, help="a parameter for both sides (default: deployment.build_image=false)",
+    )  # fmt: skip
     args = parser.parse_args()
     project = args.project.resolve()
     slug = project.name
@@ -66,13 +74,15 @@ def main() -> int:
     store = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+    sets = args.sets if args.sets is not None else ["deployment.build_image=false"]
     modes = ["smoke", "full"] if args.full else ["smoke"]
     rows = []
     for mode in modes:
         flags = ["--smoke"] if mode == "smoke" else []
+        flags += [arg for value in sets for arg in ("--set", value)]
         pipeline = [timed([str(cli), "pipeline", *flags], project, env) for _ in range(args.repeat)]
         plain = [
-            timed([str(python), "-c", PLAIN_RUNNER, package, mode], project, env)
+            timed([str(python), "-c", PLAIN_RUNNER, package, mode, *sets], project, env)
             for _ in range(args.repeat)
         ]
         rows.append((mode, statistics.median(pipeline), statistics.median(plain)))

@@ -34,7 +34,8 @@ RESERVED_NAMES = frozenset(
     {
         # dependencies, by import name and by distribution name (hyphens as underscores)
         "mlflow", "mlflow_skinny", "papermill", "nbdev", "ipykernel", "IPython", "jupyter",
-        "jupyterlab", "jupyter_client", "nbformat", "nbclient", "sklearn", "scikit_learn",
+        "jupyterlab", "jupyter_client", "jupyter_core", "nbformat", "nbclient", "sklearn",
+        "scikit_learn",
         "pandas", "numpy", "scipy", "skops", "pandera", "fairlearn", "pyarrow", "yaml", "pyyaml",
         "pydantic", "matplotlib", "fastapi", "starlette", "uvicorn", "uvloop", "httptools",
         "httpx", "prometheus_client",

@@ -17,6 +17,23 @@ TEMPLATE = Path(__file__).resolve().parents[1]
 OPTIONS = json.loads((TEMPLATE / "cookiecutter.json").read_text())  # test_docs.py imports it
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
+def pytest_collection_modifyitems(items):
+    """Group tests for pytest-xdist's `--dist loadgroup` (`make test`): the tests that share a
+    generated project stay on one worker, so each project is baked, installed and smoked once while
+    the projects run side by side; the fast lane, whose bakes are shared too, is one group.
+    A test on the slow lane's per-task `project` goes with its task; others name their group with
+    `pytest.mark.xdist_group`."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        task = item.callspec.params.get("task") if hasattr(item, "callspec") else None
+        if task:
+            item.add_marker(pytest.mark.xdist_group(task))
+        elif item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.xdist_group("fast-lane"))
+
+
 @pytest.fixture(scope="session")
 def cookiecutter_config(tmp_path_factory) -> Path:
     """A config of our own: a developer's ~/.cookiecutterrc cannot change the defaults under test,

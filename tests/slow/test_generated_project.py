@@ -148,6 +148,7 @@ def schema_for_bad_data(tmp_path_factory):
     return folder
 
 
+@pytest.mark.xdist_group("own-data")
 @pytest.mark.parametrize(
     "case", ["no_target", "single_class", "empty_column", "too_few_rows", "wrong_type", "empty_file", "unreadable"]
 )
@@ -187,6 +188,7 @@ def mixed_csv(path) -> None:
     data.to_csv(path, index=False)
 
 
+@pytest.mark.xdist_group("own-data")
 def test_pipeline_runs_on_a_mixed_multiclass_csv(project_factory):
     project = project_factory(task="classification", project_name="Own Data")
     mixed_csv(project.root / "data" / "wine.csv")
@@ -201,6 +203,7 @@ def test_pipeline_runs_on_a_mixed_multiclass_csv(project_factory):
     assert (project.root / "build" / "wine-schema.yaml").is_file(), "a missing schema is inferred"
 
 
+@pytest.mark.xdist_group("regression")
 def test_same_parameters_give_the_same_scores(project_factory):
     project = project_factory(task="regression", project_name="Slow Regressor")  # shared, see conftest
     started = int(time.time() * 1000)
@@ -217,7 +220,8 @@ def test_same_parameters_give_the_same_scores(project_factory):
 
 
 def test_from_continues_with_what_the_last_run_handed_on(smoked_project):
-    done = smoked_project.cli("pipeline", "--smoke", "--from", "03")
+    # The image is built and checked on the smoked run already; this is about the hand-over.
+    done = smoked_project.cli("pipeline", "--smoke", "--from", "03", "--set", "deployment.build_image=false")
     assert "Continuing from" in done.stdout
     assert "[1/" in done.stdout and "03_modelling" in done.stdout
     assert "01_use_case" not in done.stdout.split("Continuing from")[1]
@@ -267,3 +271,7 @@ def test_lab_serves_the_notebooks_with_the_project_kernel(project):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    left = subprocess.run(
+        ["pgrep", "-f", f"ServerApp.port={port}"], capture_output=True, text=True, check=False
+    )
+    assert left.stdout == "", "stopping `lab` stops JupyterLab: it runs in the command's place"

@@ -212,3 +212,32 @@ def test_the_reference_is_downloaded_when_the_run_folder_is_gone(judged):
     assert done.returncode == EXIT["retrain"], outputs(done)
     newest = monitoring_runs(project)["runs"][-1]
     assert "/runs/monitoring/reference/" in newest["tags"]["monitoring.reference"]
+
+
+def test_retrain_flag_runs_the_pipeline_when_the_verdict_says_so(judged):
+    """`monitor --retrain` on the shifted batch: the verdict is still the exit status, and a new
+    pipeline run (smoke, no image: both are tested elsewhere) follows it."""
+    project = judged["project"]
+    if project.options["task"] != "classification":
+        pytest.skip("the same code path for both tasks; run once to keep the slow lane short")
+    before = pipeline_runs(project)
+    done = project.cli(
+        "monitor", "--retrain", "--smoke", "--set", "monitoring.current_path=data/shifted.csv",
+        "--set", "deployment.build_image=false", check=False,
+    )  # fmt: skip
+    assert done.returncode == EXIT["retrain"], outputs(done)
+    assert "Retraining (--retrain): running the pipeline" in done.stdout
+    assert "Pipeline finished" in done.stdout
+    after = pipeline_runs(project)
+    assert len(after) == len(before) + 1 and after[-1] == "FINISHED"
+
+
+def pipeline_runs(project) -> list[str]:
+    """Statuses of the pipeline runs, oldest first."""
+    return project.mlflow_query(
+        """
+        found = sorted((r for r in runs if r.data.tags.get("kind") == "pipeline"),
+                       key=lambda r: r.info.start_time)
+        print(json.dumps([r.info.status for r in found]))
+        """
+    )

@@ -232,9 +232,7 @@ def _cmd_clean(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
-    from . import tracking
+    from . import tasks, tracking
 
     uri = tracking.tracking_uri()
     if not uri.startswith("sqlite:"):
@@ -245,7 +243,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         "--backend-store-uri", uri, "--default-artifact-root", tracking.artifact_root().as_uri(),
     ]  # fmt: skip
     print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl+C stops it)")
-    return subprocess.run(command, check=False).returncode
+    return tasks.become(*command)
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:

@@ -28,10 +28,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from . import params as P
 from . import tracking
+from .kernels import WarmKernels
 from .project import HANDOFF, RUN_DIR_ENV, latest_handoff, project_root
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 KERNEL = "python3"  # the interpreter running this command, so notebooks see the same packages
+# Quiet the kernel's start-up warning about TCP on loopback; errors still show.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 PARENT_RUN_ENV = "PIPELINE_PARENT_RUN_ID"
 RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 ON_DEMAND = ("06_monitoring",)  # run by their own command, never by the pipeline
@@ -163,24 +166,30 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 
 def _run_tree(the_plan: Plan, echo=print) -> Outcome:
     started = time.perf_counter()
-    experiment_id = tracking.configure()
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    tags = {**tracking.git_tags(), "smoke": str(the_plan.smoke).lower(), "kind": "pipeline"}
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=f"pipeline-{stamp}", tags=tags
-    ) as parent:
-        run_id = parent.info.run_id
-        run_dir = project_root() / "runs" / f"{stamp}-{run_id[:8]}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _continue_from_latest(the_plan, run_dir, echo)
-        _log_context(the_plan, run_dir)
-        outcome = Outcome(run_id, run_dir)
-        for number, notebook in enumerate(the_plan.notebooks, start=1):
-            echo(f"[{number}/{len(the_plan.notebooks)}] {notebook.stem} ...", end=" ", flush=True)
-            began = time.perf_counter()
-            executed = _run_notebook(notebook, the_plan.values[notebook], run_dir, parent, tags)
-            outcome.executed.append(executed)
-            echo(f"done in {time.perf_counter() - began:.1f} s")
+    notebooks = the_plan.notebooks
+    with WarmKernels(KERNEL, KERNEL_ARGUMENTS) as kernels:
+        kernels.prepare(notebooks[0])  # it boots while the parent run is set up
+        experiment_id = tracking.configure()
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        tags = {**tracking.git_tags(), "smoke": str(the_plan.smoke).lower(), "kind": "pipeline"}
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"pipeline-{stamp}", tags=tags
+        ) as parent:
+            run_id = parent.info.run_id
+            run_dir = project_root() / "runs" / f"{stamp}-{run_id[:8]}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _continue_from_latest(the_plan, run_dir, echo)
+            _log_context(the_plan, run_dir)
+            outcome = Outcome(run_id, run_dir)
+            for number, notebook in enumerate(notebooks, start=1):
+                if number < len(notebooks):  # its kernel warms up while this notebook runs
+                    kernels.prepare(notebooks[number])
+                echo(f"[{number}/{len(notebooks)}] {notebook.stem} ...", end=" ", flush=True)
+                began = time.perf_counter()
+                values = the_plan.values[notebook]
+                executed = _run_notebook(notebook, values, run_dir, parent, tags, kernels)
+                outcome.executed.append(executed)
+                echo(f"done in {time.perf_counter() - began:.1f} s")
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -230,8 +239,9 @@ def run_on_demand(the_plan: Plan, kind: str) -> Outcome:
 
 
 def _run_notebook(
-    notebook: Path, values: dict[str, Any], run_dir: Path, parent: mlflow.ActiveRun, tags: dict
-) -> Path:
+    notebook: Path, values: dict[str, Any], run_dir: Path, parent: mlflow.ActiveRun, tags: dict,
+    kernels: WarmKernels,
+) -> Path:  # fmt: skip
     client = mlflow.MlflowClient()
     parent_id = parent.info.run_id
     child = client.create_run(
@@ -240,16 +250,22 @@ def _run_notebook(
               "notebook": notebook.name, "kind": "notebook"},
     )  # fmt: skip
     child_id = child.info.run_id
-    env = {"MLFLOW_RUN_ID": child_id, RUN_DIR_ENV: str(run_dir), PARENT_RUN_ENV: parent_id}
-    return _execute(notebook, values, run_dir, client, child_id, env)
+    env = {
+        "MLFLOW_RUN_ID": child_id, RUN_DIR_ENV: str(run_dir), PARENT_RUN_ENV: parent_id,
+        # A warm kernel started before `tracking.configure()` set this in our environment.
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+    }  # fmt: skip
+    return _execute(notebook, values, run_dir, client, child_id, env, kernels)
 
 
 def _execute(
     notebook: Path, values: dict[str, Any], run_dir: Path, client: mlflow.MlflowClient,
-    run_id: str, env: dict[str, str],
+    run_id: str, env: dict[str, str], kernels: WarmKernels | None = None,
 ) -> Path:  # fmt: skip
-    """Run one notebook with papermill into `run_dir`, for the MLflow run `run_id`."""
+    """Run one notebook with papermill into `run_dir`, for the MLflow run `run_id`, in its warm
+    kernel when `kernels` has one ready (see kernels.py), else in a kernel papermill starts."""
     executed = run_dir / notebook.name
+    manager = kernels.take(notebook, env) if kernels else None
     try:
         with _environment(env):
             papermill.execute_notebook(
@@ -260,8 +276,10 @@ def _execute(
                 cwd=notebook.parent,
                 progress_bar=False,
                 log_output=False,
-                # Quiet the kernel's start-up warning about TCP on loopback; errors still show.
-                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                extra_arguments=KERNEL_ARGUMENTS,
+                km=manager,
+                # Its work is on disk and in MLflow: a graceful shutdown only costs seconds.
+                shutdown_kernel="immediate",
             )
     except papermill.PapermillExecutionError as error:
         _finish(client, run_id, executed, "FAILED")
@@ -273,6 +291,9 @@ def _execute(
     except BaseException:
         _finish(client, run_id, executed, "KILLED")
         raise
+    finally:
+        if kernels:
+            kernels.release(manager)
     _finish(client, run_id, executed, "FINISHED")
     return executed
 

@@ -43,11 +43,24 @@ def register_kernel() -> int:
     return done.returncode
 
 
+def become(*command: str) -> int:
+    """Run a long-lived server in place of this process where the system allows it (exec on
+    POSIX): Ctrl+C or a supervisor's SIGTERM then reaches the server itself, and stopping this
+    command cannot leave the server running. Elsewhere, run it and wait."""
+    if os.name != "posix":
+        return _run(*command).returncode
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.chdir(project_root())
+    os.execv(command[0], list(command))
+    return 1  # not reached: execv replaces this process or raises
+
+
 def lab(extra: list[str]) -> int:
     command = [_tool("jupyter"), "lab", "--notebook-dir", str(project_root())]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")  # containers and CI often run as root
-    return _run(*command, *extra).returncode
+    return become(*command, *extra)
 
 
 # --- check: each returns a list of problems and changes nothing ---------------------------------

@@ -174,6 +174,17 @@ def engine():
     return client
 
 
+def _hint(build_output: str) -> str:
+    """What to do when the build stopped at its first line: the base image could not be pulled."""
+    if "Step 2/" in build_output and "Step 3/" not in build_output:
+        return (
+            "\nThe base image could not be had. Pull it (`docker pull python:3.11-slim-bookworm`), "
+            "or set BASE_IMAGE to an image the engine has; or skip the image in the pipeline with "
+            "`--set deployment.build_image=false`."
+        )
+    return ""
+
+
 def build(
     version: str | int | None = None, base_image: str | None = None, echo: Echo = print
 ) -> BuiltImage:
@@ -202,7 +213,7 @@ def build(
     for chunk in stream:
         if "error" in chunk:
             tail = "".join(output[-30:])
-            raise ImageError(f"docker build failed: {chunk['error'].strip()}\n{tail}")
+            raise ImageError(f"docker build failed: {chunk['error'].strip()}\n{tail}{_hint(tail)}")
         if text := chunk.get("stream"):
             output.append(text)
             if text.startswith("Step "):
