@@ -83,7 +83,13 @@ def rendered_defaults(path: Path = OPTIONS_FILE) -> dict[str, Any]:
     from cookiecutter.generate import generate_context
     from cookiecutter.prompt import prompt_for_config
 
-    return dict(prompt_for_config(generate_context(context_file=str(path)), no_input=True))
+    # `_extensions` names local_extensions.py: importable from the template folder, as cookiecutter
+    # itself arranges when it runs.
+    sys.path.insert(0, str(path.parent))
+    try:
+        return dict(prompt_for_config(generate_context(context_file=str(path)), no_input=True))
+    finally:
+        sys.path.remove(str(path.parent))
 
 
 def token(value: Any) -> str:

@@ -46,7 +46,9 @@ def site(tmp_path_factory) -> Path:
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(DOCS / "mkdocs.yml"),
          "-d", str(site_dir)],
-        cwd=TEMPLATE, env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300,
+        # Not from the template folder: `python -m` would put it on sys.path, which `make docs`
+        # (the mkdocs script) does not, and local_extensions.py must be found all the same.
+        cwd=site_dir, env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300,
         check=False,
     )  # fmt: skip
     assert done.returncode == 0, f"mkdocs build failed:\n{done.stdout[-3000:]}{done.stderr[-5000:]}"
