@@ -6,6 +6,7 @@ builds the serving image when a Docker engine answers, and says where everything
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,9 @@ OUTPUT = TEMPLATE / "build" / "demo"
 
 def step(title: str, *command: str, cwd: Path) -> int:
     print(f"\n=== {title}: {' '.join(command)}", flush=True)
-    return subprocess.run(command, cwd=cwd, check=False).returncode
+    # This script runs in the template's own venv; the project's commands use the project's.
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    return subprocess.run(command, cwd=cwd, env=env, check=False).returncode
 
 
 def engine_answers() -> bool:
