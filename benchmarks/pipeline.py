@@ -61,7 +61,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("project", type=Path)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--full", action="store_true", help="also time the full (non-smoke) pipeline")
+    parser.add_argument(
+        "--full", action="store_true", help="also time the full (non-smoke) pipeline"
+    )
     parser.add_argument(
         "--set", dest="sets", action="append", metavar="KEY=VALUE",
         default=None, help="a parameter for both sides (default: deployment.build_image=false)",
