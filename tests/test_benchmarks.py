@@ -28,13 +28,13 @@ class Echo(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.bodies.append(body)  # before answering: the client may check right after
         answer = b"x" * 70_000 + body  # larger than one recv
         self.send_response(418 if body == b"teapot" else 200)
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer[:10])
         self.wfile.write(answer[10:])
-        self.server.bodies.append(body)
 
     def log_message(self, *args):
         pass
