@@ -173,22 +173,21 @@ class RawConnection:
         """Send `request`, read the whole answer, return its status code."""
         self.socket.sendall(request)
         while b"\r\n\r\n" not in self.pending:
-            self._receive()
+            self.pending += self._receive()
         head, _, rest = self.pending.partition(b"\r\n\r\n")
         length = CONTENT_LENGTH.search(head)
         if length is None:
             sys.exit(f"an answer without Content-Length: {head[:300]!r}")
-        while len(rest) < int(length.group(1)):
-            rest += self._receive(keep=False)
-        self.pending = rest[int(length.group(1)) :]
+        size = int(length.group(1))
+        while len(rest) < size:
+            rest += self._receive()
+        self.pending = rest[size:]
         return int(head.split(b" ", 2)[1])
 
-    def _receive(self, keep: bool = True) -> bytes:
+    def _receive(self) -> bytes:
         chunk = self.socket.recv(65536)
         if not chunk:
             sys.exit("the server closed a keep-alive connection")
-        if keep:
-            self.pending += chunk
         return chunk
 
     def close(self) -> None:
