@@ -34,9 +34,10 @@ VALID = {
     "tracking_server_uri": "http://127.0.0.1:5000",
 }
 
-def bad(field: str, value: str, id: str, marks=(), **context) -> pytest.param:
+
+def bad(field: str, value: str, id: str, **context) -> pytest.param:
     """A bad input: the extra context to bake with, the field the message must name, its value."""
-    return pytest.param({field: value, **context}, field, value, id=id, marks=marks)
+    return pytest.param({field: value, **context}, field, value, id=id)
 
 
 def as_typed(context: dict) -> dict:
