@@ -15,7 +15,9 @@ from jinja2.ext import Extension
 
 # Written in halves so that Jinja, which may render this file's neighbours, never reads them.
 PROJECT_FOLDER = "{" + "{cookiecutter.project_slug}" + "}"
-SAFE_PROJECT_FOLDER = "{" + "{ cookiecutter.project_slug | slugify or 'invalid-project-slug' }" + "}"
+SAFE_PROJECT_FOLDER = (
+    "{" + "{ cookiecutter.project_slug | slugify or 'invalid-project-slug' }" + "}"
+)
 
 
 class SafeProjectFolder(Extension):

@@ -16,9 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-# User values arrive as JSON data, never as source code.
+# User values arrive as JSON data, never as source code (see pre_gen_project.py on the quotes).
+# fmt: off
 PACKAGE = json.loads(r''' {{ cookiecutter.package_name | tojson }} ''')
 GIT_INIT = json.loads(r''' {{ cookiecutter.git_init | tojson }} ''')
+# fmt: on
 
 
 def sync_notebook_parameters(root: Path) -> None:
@@ -41,6 +43,7 @@ def git_init(root: Path) -> None:
     if shutil.which("git") is None:
         print("git not found: skipping `git init` (run it yourself later).")
         return
+
     def git(*args: str) -> None:
         subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
 
@@ -50,7 +53,9 @@ def git_init(root: Path) -> None:
     identity = ["-c", "user.name=cookiecutter", "-c", "user.email=cookiecutter@localhost"]
     subprocess.run(
         ["git", *identity, "commit", "--quiet", "-m", "Project generated from the template"],
-        cwd=root, check=True, capture_output=True,
+        cwd=root,
+        check=True,
+        capture_output=True,
     )
 
 

@@ -75,7 +75,7 @@ def test_every_page_is_built(site):
 
 def test_options_table_lists_every_option_and_each_choice(site):
     page = (site / "options" / "index.html").read_text()
-    tables = re.findall(r"<table>.*?</table>", page, flags=re.S)
+    tables = re.findall(r"<table>.*?</table>", page, flags=re.DOTALL)
     assert tables, "the options page has no table"
     table = text_of(tables[0])
     for name, value in PUBLIC.items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 
 SAMPLE = """
 import os
@@ -20,15 +21,31 @@ def test_where(i):
 """
 
 
+def run_sample(folder, workers_file) -> subprocess.CompletedProcess:
+    """The sample on two workers. A nested pytest-xdist run has once hung after its tests on CI,
+    with the slow lane busy beside it (not reproduced in 360 runs under load): a timed-out attempt
+    is reported as a warning, with its output, and tried once more."""
+    command = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-q",
+               "-p", "no:cacheprovider", "--rootdir", str(folder), str(folder)]  # fmt: skip
+    env = {**os.environ, "WORKERS_FILE": str(workers_file)}
+    for attempt in (1, 2):
+        workers_file.unlink(missing_ok=True)
+        try:
+            return subprocess.run(
+                command, capture_output=True, text=True, timeout=60, check=False, env=env
+            )
+        except subprocess.TimeoutExpired as hung:
+            output = hung.stdout.decode(errors="replace") if hung.stdout else ""
+            warnings.warn(
+                f"nested pytest-xdist run {attempt} hung for 60 s:\n{output[-2000:]}", stacklevel=2
+            )
+    raise AssertionError("the nested pytest-xdist run hung twice (see the warnings above)")
+
+
 def test_a_group_runs_on_one_worker(tmp_path):
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     workers_file = tmp_path / "workers.txt"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-q",
-         "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path)],
-        capture_output=True, text=True, timeout=120, check=False,
-        env={**os.environ, "WORKERS_FILE": str(workers_file)},
-    )  # fmt: skip
+    done = run_sample(tmp_path, workers_file)
     assert done.returncode == 0, done.stdout + done.stderr
     workers = workers_file.read_text().split()
     assert len(workers) == 6, workers

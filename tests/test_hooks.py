@@ -155,7 +155,7 @@ def rendered_hook(**values: str) -> types.ModuleType:
     context = {"cookiecutter": {**VALID, **values}}
     source = create_env_with_context(context).from_string(HOOK.read_text()).render(**context)
     module = types.ModuleType("pre_gen_project")
-    exec(compile(source, str(HOOK), "exec"), module.__dict__)  # not __main__: main() does not run
+    exec(compile(source, str(HOOK), "exec"), module.__dict__)  # noqa: S102 -- our own hook; not __main__: main() does not run
     return module
 
 

@@ -32,14 +32,18 @@ def engine_answers() -> bool:
 
 
 def main() -> int:
-    shutil.rmtree(OUTPUT, ignore_errors=True)  # a fresh project every time, so the demo is repeatable
+    shutil.rmtree(
+        OUTPUT, ignore_errors=True
+    )  # a fresh project every time, so the demo is repeatable
     project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(OUTPUT)))
     print(f"Generated {project}")
     for title, target in (("Set up", "setup"), ("Run the pipeline", "pipeline")):
         if step(title, "make", target, cwd=project) != 0:
             print(f"\n`make {target}` failed in {project}: see the message above.", file=sys.stderr)
             return 1
-    image = "not built: no Docker engine answers (`docker info` fails); `make image` builds it later"
+    image = (
+        "not built: no Docker engine answers (`docker info` fails); `make image` builds it later"
+    )
     if (project / "Dockerfile").exists() and engine_answers():
         if step("Build the serving image", "make", "image", cwd=project) != 0:
             return 1
@@ -48,8 +52,8 @@ def main() -> int:
     print(
         f"""
 Done. Everything is in {project}
-  executed notebooks: {runs[-1] if runs else 'runs/'}
-  MLflow store:       {project / 'mlflow.db'} and {project / 'mlruns'}
+  executed notebooks: {runs[-1] if runs else "runs/"}
+  MLflow store:       {project / "mlflow.db"} and {project / "mlruns"}
                       open its UI: cd {project} && make ui   (http://127.0.0.1:5000)
   registered model:   '{project.name}', alias champion (Models tab of the UI)
   serving image:      {image}

@@ -36,7 +36,10 @@ def untemplate(text: str) -> str:
     """Turn the baked project's names back into the template's variables."""
     return (
         text.replace(BAKED["package"], "{{ cookiecutter.package_name }}")
-        .replace(f'"display_name": "{BAKED["slug"]}"', '"display_name": "{{ cookiecutter.__kernel_name }}"')
+        .replace(
+            f'"display_name": "{BAKED["slug"]}"',
+            '"display_name": "{{ cookiecutter.__kernel_name }}"',
+        )
         .replace(f'"name": "{BAKED["slug"]}"', '"name": "{{ cookiecutter.__kernel_name }}"')
         .replace(DEFAULT_DESCRIPTION, "{{ cookiecutter.description }}")
     )
@@ -81,10 +84,16 @@ def main() -> int:
                 print(f"reformatted {target.relative_to(TEMPLATE)}")
         for test in sorted((baked / "tests").rglob("*.py")):
             target = PROJECT / "tests" / test.relative_to(baked / "tests")
-            if target.exists() and not _has_jinja(target) and target.read_text() != test.read_text():
+            if (
+                target.exists()
+                and not _has_jinja(target)
+                and target.read_text() != test.read_text()
+            ):
                 target.write_text(test.read_text())
                 print(f"reformatted {target.relative_to(TEMPLATE)}")
-        check = subprocess.run(["uv", "run", "--no-sync", BAKED["slug"], "check"], cwd=baked)
+        check = subprocess.run(
+            ["uv", "run", "--no-sync", BAKED["slug"], "check"], cwd=baked, check=False
+        )
         shutil.rmtree(baked / ".venv", ignore_errors=True)
     return check.returncode
 

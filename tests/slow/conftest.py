@@ -89,7 +89,9 @@ class Project:
         return self.root / ".venv" / "bin" / "python"
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI")}
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI")
+        }
         env["PATH"] = f"{self.root / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
         return env | (extra or {})
 
@@ -137,7 +139,7 @@ class Project:
         """Query the project's MLflow store with its own MLflow; `client` and `runs` are ready."""
         prelude = f"""
             import json, mlflow
-            from {self.options['package_name']}.tracking import configure, EXPERIMENT_NAME, MODEL_NAME
+            from {self.options["package_name"]}.tracking import configure, EXPERIMENT_NAME, MODEL_NAME
             experiment_id = configure()
             client = mlflow.MlflowClient()
             runs = client.search_runs([experiment_id], max_results=1000)
@@ -147,7 +149,11 @@ class Project:
 
 def bake(output_dir: Path, **options) -> Project:
     context = {"project_name": "Slow Lane", "git_init": True, **options}
-    root = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(output_dir), extra_context=context))
+    root = Path(
+        cookiecutter(
+            str(TEMPLATE), no_input=True, output_dir=str(output_dir), extra_context=context
+        )
+    )
     package = root.name.replace("-", "_")
     return Project(root, root.name, {"package_name": package, **context})
 
@@ -204,7 +210,9 @@ def remove_images(repository: str) -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if tags := listed.stdout.split():
-        subprocess.run(["docker", "image", "rm", "--force", *tags], capture_output=True, check=False)
+        subprocess.run(
+            ["docker", "image", "rm", "--force", *tags], capture_output=True, check=False
+        )
 
 
 def engine_problem() -> str | None:
@@ -220,7 +228,9 @@ def docker_base_image() -> str:
     """The base image to build against: the official one, or the local stand-in CI makes."""
     problem = engine_problem()
     if problem:
-        message = f"NO DOCKER ENGINE ({problem}): image tests SKIPPED. CI starts one with .ci/engine."
+        message = (
+            f"NO DOCKER ENGINE ({problem}): image tests SKIPPED. CI starts one with .ci/engine."
+        )
         print(f"\n{'!' * 80}\n{message}\n{'!' * 80}")
         pytest.skip(message)
     return base_image_name()
@@ -233,5 +243,7 @@ def base_image_name() -> str:
     local = subprocess.run(
         [str(ENGINE_SCRIPT), "base-image"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    present = subprocess.run(["docker", "image", "inspect", local], capture_output=True, check=False)
+    present = subprocess.run(
+        ["docker", "image", "inspect", local], capture_output=True, check=False
+    )
     return local if local and present.returncode == 0 else "python:3.11-slim-bookworm"

@@ -31,7 +31,8 @@ def test_project_passes_its_own_tests(project):
 
 def test_make_help_lists_every_target(project):
     done = project.make("help")
-    for target in ("setup", "lab", "pipeline", "check", "fix", "test", "image", "serve", "monitor", "clean"):
+    targets = "setup lab pipeline check fix test image serve monitor clean"
+    for target in targets.split():
         assert f"make {target}" in done.stdout
 
 
@@ -67,7 +68,9 @@ def test_smoke_pipeline_leaves_the_run_tree(smoked_project):
     assert tree["parent_tags"]["smoke"] == "true"
     assert re.fullmatch(r"[0-9a-f]{40}", tree["parent_tags"]["git_commit"])
     assert tree["parent_tags"]["version.mlflow"] == "3.17.2"
-    assert {"data.path", "data.target", "modelling.cv_folds", "use_case.metric"} <= set(tree["parent_params"])
+    assert {"data.path", "data.target", "modelling.cv_folds", "use_case.metric"} <= set(
+        tree["parent_params"]
+    )
     assert {"params.yaml", "environment.txt"} <= set(tree["parent_artifacts"])
     notebooks = smoked_project.python_json(
         f"""
@@ -86,7 +89,12 @@ def test_smoke_pipeline_leaves_the_run_tree(smoked_project):
     assert sorted(name for name, _ in tree["inputs"]) == ["test", "train"]
     assert all(re.fullmatch(r"[0-9a-f]+", digest) for _, digest in tree["inputs"])
     assert {"data_quality.csv", "data_quality.png", "schema.yaml"} <= set(tree["prep_artifacts"])
-    assert sorted(tree["candidates"]) == ["baseline", "hist_gradient_boosting", "linear", "random_forest"]
+    assert sorted(tree["candidates"]) == [
+        "baseline",
+        "hist_gradient_boosting",
+        "linear",
+        "random_forest",
+    ]
     assert all(any(m.startswith("cv_") for m in metrics) for metrics in tree["candidates"].values())
     assert tree["models"] == ["model"]
     executed = sorted((smoked_project.root / "runs").glob("*/03_modelling.ipynb"))
@@ -117,13 +125,27 @@ def test_params_file_overrides_are_checked_too(project, tmp_path):
 
 def bad_files(folder) -> dict[str, tuple[str, list[str], str]]:
     """Each bad input: (file, extra --set values, the check and column the message must name)."""
-    good = pd.DataFrame({"x": np.arange(60.0), "colour": ["red", "blue"] * 30, "y": ["a", "b", "c"] * 20})
+    good = pd.DataFrame(
+        {"x": np.arange(60.0), "colour": ["red", "blue"] * 30, "y": ["a", "b", "c"] * 20}
+    )
     cases = {
         "no_target": (good.drop(columns="y"), [], "data check 'target column' failed: column 'y'"),
         "single_class": (good.assign(y="a"), [], "data check 'class count' failed: column 'y'"),
-        "empty_column": (good.assign(blank=np.nan), [], "data check 'missing values' failed: column 'blank'"),
-        "too_few_rows": (good.head(6).assign(y=["a", "b"] * 3), ["data.min_rows_per_class=1"], "data check 'rows' failed"),
-        "wrong_type": (good.assign(x=["twelve"] * 60), [], "data check 'schema' failed: column 'x'"),
+        "empty_column": (
+            good.assign(blank=np.nan),
+            [],
+            "data check 'missing values' failed: column 'blank'",
+        ),
+        "too_few_rows": (
+            good.head(6).assign(y=["a", "b"] * 3),
+            ["data.min_rows_per_class=1"],
+            "data check 'rows' failed",
+        ),
+        "wrong_type": (
+            good.assign(x=["twelve"] * 60),
+            [],
+            "data check 'schema' failed: column 'x'",
+        ),
     }
     files = {}
     for name, (data, sets, message) in cases.items():
@@ -150,7 +172,16 @@ def schema_for_bad_data(tmp_path_factory):
 
 @pytest.mark.xdist_group("own-data")
 @pytest.mark.parametrize(
-    "case", ["no_target", "single_class", "empty_column", "too_few_rows", "wrong_type", "empty_file", "unreadable"]
+    "case",
+    [
+        "no_target",
+        "single_class",
+        "empty_column",
+        "too_few_rows",
+        "wrong_type",
+        "empty_file",
+        "unreadable",
+    ],
 )
 def test_bad_data_stops_in_data_preparation_naming_check_and_column(
     project_factory, schema_for_bad_data, case
@@ -205,7 +236,9 @@ def test_pipeline_runs_on_a_mixed_multiclass_csv(project_factory):
 
 @pytest.mark.xdist_group("regression")
 def test_same_parameters_give_the_same_scores(project_factory):
-    project = project_factory(task="regression", project_name="Slow Regressor")  # shared, see conftest
+    project = project_factory(
+        task="regression", project_name="Slow Regressor"
+    )  # shared, see conftest
     started = int(time.time() * 1000)
     for _ in range(2):
         project.cli("pipeline", "--smoke", "--only", "02", "03", "--set", "data.seed=11")
@@ -221,7 +254,9 @@ def test_same_parameters_give_the_same_scores(project_factory):
 
 def test_from_continues_with_what_the_last_run_handed_on(smoked_project):
     # The image is built and checked on the smoked run already; this is about the hand-over.
-    done = smoked_project.cli("pipeline", "--smoke", "--from", "03", "--set", "deployment.build_image=false")
+    done = smoked_project.cli(
+        "pipeline", "--smoke", "--from", "03", "--set", "deployment.build_image=false"
+    )
     assert "Continuing from" in done.stdout
     assert "[1/" in done.stdout and "03_modelling" in done.stdout
     assert "01_use_case" not in done.stdout.split("Continuing from")[1]
@@ -250,7 +285,13 @@ def test_lab_serves_the_notebooks_with_the_project_kernel(project):
         str(project.root / ".venv" / "bin" / project.slug), "lab", "--no-browser",
         f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
     ]  # fmt: skip
-    server = subprocess.Popen(command, cwd=project.root, env=project.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        command,
+        cwd=project.root,
+        env=project.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -126,7 +126,9 @@ def judged(smoked_project):
     logged = log.read_text().splitlines()
     unshifted = project.make("monitor", check=False)
     project.cli("monitor", "--shifted-batch", "data/shifted.csv")
-    shifted = project.cli("monitor", "--set", "monitoring.current_path=data/shifted.csv", check=False)
+    shifted = project.cli(
+        "monitor", "--set", "monitoring.current_path=data/shifted.csv", check=False
+    )
     return {"sent": sent, "logged": logged, "unshifted": unshifted, "shifted": shifted,
             "project": project}  # fmt: skip
 

@@ -14,6 +14,7 @@ Without PostgreSQL binaries these tests are skipped, loudly; .ci/run installs th
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import os
 import pwd
@@ -52,7 +53,9 @@ def banner(message: str) -> None:
 
 def postgres_bindir() -> Path | None:
     """Debian's versioned folder (the newest), or wherever initdb is on PATH."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
@@ -83,7 +86,9 @@ def postgres():
     """A PostgreSQL cluster of its own: temporary data folder, loopback only, a free port."""
     bindir = postgres_bindir()
     if bindir is None:
-        message = "NO POSTGRESQL (initdb not found): tracking server tests SKIPPED. .ci/run installs it."
+        message = (
+            "NO POSTGRESQL (initdb not found): tracking server tests SKIPPED. .ci/run installs it."
+        )
         banner(message)
         pytest.skip(message)
     as_postgres: list[str] = []
@@ -105,7 +110,9 @@ def postgres():
          "-w", "-t", "60", "-o", options, "start"],
         check=True, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
-    print(f"\nPostgreSQL {bindir.parent.name} on 127.0.0.1:{port} in {time.monotonic() - started:.1f} s")
+    print(
+        f"\nPostgreSQL {bindir.parent.name} on 127.0.0.1:{port} in {time.monotonic() - started:.1f} s"
+    )
     try:
         yield Postgres(bindir, port)
     finally:
@@ -116,7 +123,9 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def wait_until_answers(url: str, process: subprocess.Popen | None = None, timeout: float = WAIT) -> float:
+def wait_until_answers(
+    url: str, process: subprocess.Popen | None = None, timeout: float = WAIT
+) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if process is not None and process.poll() is not None:
@@ -175,11 +184,13 @@ def query(project, server: Server, code: str, **env: str):
     """Python in the project's venv, against the server; `client` is an MlflowClient."""
     prelude = f"""
         import json, mlflow
-        from {project.options['package_name']}.tracking import configure, EXPERIMENT_NAME, MODEL_NAME
+        from {project.options["package_name"]}.tracking import configure, EXPERIMENT_NAME, MODEL_NAME
         experiment_id = configure()
         client = mlflow.MlflowClient()
     """
-    return project.python_json(textwrap.dedent(prelude) + textwrap.dedent(code), env=server.client_env(**env))
+    return project.python_json(
+        textwrap.dedent(prelude) + textwrap.dedent(code), env=server.client_env(**env)
+    )
 
 
 RUN_TREES = """
@@ -212,21 +223,28 @@ RUN_TREES = """
 def two_runs(team_project, server):
     """Two smoke pipelines started at the same moment against the server; both must finish."""
     started = time.monotonic()
-    logs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(2)]
-    processes = [
-        subprocess.Popen(
-            [str(team_project.root / ".venv" / "bin" / team_project.slug), *SMOKE],
-            cwd=team_project.root, env=team_project.env(server.client_env()),
-            stdout=out, stderr=err, text=True,
-        )
-        for out, err in logs
-    ]
-    outputs = []
-    for process, (out, err) in zip(processes, logs, strict=True):
-        process.wait(timeout=900)
-        out.seek(0), err.seek(0)
-        outputs.append((out.read(), err.read()))
-        out.close(), err.close()
+    with contextlib.ExitStack() as files:  # closed even when a pipeline outlives its wait
+
+        def log_file():
+            return files.enter_context(tempfile.TemporaryFile("w+"))
+
+        logs = [(log_file(), log_file()) for _pipeline in range(2)]  # (stdout, stderr) of each
+        processes = [
+            subprocess.Popen(
+                [str(team_project.root / ".venv" / "bin" / team_project.slug), *SMOKE],
+                cwd=team_project.root,
+                env=team_project.env(server.client_env()),
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
+            for out, err in logs
+        ]
+        outputs = []
+        for process, (out, err) in zip(processes, logs, strict=True):
+            process.wait(timeout=900)
+            out.seek(0), err.seek(0)
+            outputs.append((out.read(), err.read()))
     print(f"\ntwo concurrent smoke pipelines: {time.monotonic() - started:.1f} s")
     for process, (out, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, f"stdout:\n{out[-4000:]}\nstderr:\n{err[-4000:]}"
@@ -244,13 +262,17 @@ def test_two_pipelines_at_once_both_land_whole_and_apart(team_project, server, t
         assert sorted(tree["children"]) == notebooks, "each run has its own notebooks, no other's"
         for name, child in tree["children"].items():
             assert child["status"] == "FINISHED", name
-            assert child["notebook"] == [f"notebook/{name}.ipynb"], "artifacts proxied and read back"
+            assert child["notebook"] == [f"notebook/{name}.ipynb"], (
+                "artifacts proxied and read back"
+            )
         assert tree["children"]["03_modelling"]["nested"] == 4, "baseline and three candidates"
         assert run_id[:8] in tree["run_dir"]
         run_dirs.add(tree["run_dir"])
     assert len(run_dirs) == 2
     reported = [[run_id for run_id in trees if run_id in out] for out in two_runs]
-    assert sorted(r for found in reported for r in found) == sorted(trees), "each reports its own run"
+    assert sorted(r for found in reported for r in found) == sorted(trees), (
+        "each reports its own run"
+    )
 
 
 def test_registry_and_aliases_read_back_through_the_server(team_project, server, two_runs):
@@ -287,14 +309,24 @@ def test_server_stopped_mid_run_fails_clearly_and_a_rerun_succeeds(team_project,
     before = set((team_project.root / "runs").glob("*"))
     # Cut while 02 runs; 03 keeps the run going for seconds after that, since a warm kernel takes
     # 02 through in a few seconds, sooner than `tracking-server stop` stops the server.
-    command = [str(team_project.root / ".venv" / "bin" / team_project.slug), *SMOKE, "--only", "01", "02", "03"]
+    command = [
+        str(team_project.root / ".venv" / "bin" / team_project.slug),
+        *SMOKE,
+        "--only",
+        "01",
+        "02",
+        "03",
+    ]
     process = subprocess.Popen(
         command, cwd=team_project.root, env=team_project.env(server.client_env()),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not any((d / "02_data_preparation.ipynb").exists() for d in set(team_project.root.glob("runs/*")) - before):
+        while not any(
+            (d / "02_data_preparation.ipynb").exists()
+            for d in set(team_project.root.glob("runs/*")) - before
+        ):
             assert process.poll() is None and time.monotonic() < deadline, "02 never started"
             time.sleep(0.2)
         team_project.cli("tracking-server", "stop", env=server.settings, timeout=60)
@@ -324,7 +356,9 @@ def test_server_stopped_mid_run_fails_clearly_and_a_rerun_succeeds(team_project,
         print(json.dumps([r.info.status for r in runs[:2]]))
         """,
     )  # fmt: skip
-    assert statuses == ["FINISHED", "RUNNING"], "the re-run finished; the cut one is left as reported"
+    assert statuses == ["FINISHED", "RUNNING"], (
+        "the re-run finished; the cut one is left as reported"
+    )
 
 
 def test_a_stopped_server_stops_the_pipeline_before_anything_runs(team_project, postgres):
@@ -360,7 +394,9 @@ def auth_server(team_project, postgres, tmp_path_factory):
         process.wait(timeout=60)
         log.close()
         # serve.py's auth config (it holds the database URI): one per port, removed with the server.
-        Path(tempfile.gettempdir(), f"mlflow-basic-auth-{os.getuid()}-{port}.ini").unlink(missing_ok=True)
+        Path(tempfile.gettempdir(), f"mlflow-basic-auth-{os.getuid()}-{port}.ini").unlink(
+            missing_ok=True
+        )
 
 
 def api(url: str, credentials: tuple[str, str] | None = None) -> int:
@@ -379,7 +415,9 @@ def test_with_auth_on_requests_without_credentials_are_refused(team_project, aut
     assert api(auth_server.url) == 401
     assert api(auth_server.url, (ADMIN[0], "wrong")) == 401
     assert api(auth_server.url, ADMIN) == 200
-    done = team_project.cli(*SMOKE, env={"MLFLOW_TRACKING_URI": auth_server.url}, check=False, timeout=60)
+    done = team_project.cli(
+        *SMOKE, env={"MLFLOW_TRACKING_URI": auth_server.url}, check=False, timeout=60
+    )
     assert done.returncode == 1
     assert "refused the request (401, no credentials)" in done.stderr
     assert "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in done.stderr
@@ -431,12 +469,16 @@ def test_local_sqlite_history_moves_to_the_server(team_project, auth_server):
     creds = {"MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
     target = auth_server.client_env(**creds)
     started = time.monotonic()
-    done = team_project.cli("tracking-server", "migrate", env={**local, **creds, "MLFLOW_TRACKING_URI": auth_server.url})
+    done = team_project.cli(
+        "tracking-server", "migrate", env={**local, **creds, "MLFLOW_TRACKING_URI": auth_server.url}
+    )
     print(f"\nmigrated in {time.monotonic() - started:.1f} s:\n{done.stdout}")
     assert "aliases champion@1" in done.stdout
     after = team_project.python_json(textwrap.dedent(snapshot), env=target)
     assert before["runs"] and after == before, "the same runs, tree, metrics, params and artifacts"
-    again = team_project.cli("tracking-server", "migrate", env={**local, **creds, "MLFLOW_TRACKING_URI": auth_server.url})
+    again = team_project.cli(
+        "tracking-server", "migrate", env={**local, **creds, "MLFLOW_TRACKING_URI": auth_server.url}
+    )
     assert "(0 copied now" in again.stdout, "a second migration copies nothing twice"
     assert "version 1 ->" not in again.stdout and "aliases champion@1" in again.stdout
 
@@ -471,11 +513,15 @@ def test_compose_file_is_valid_and_wired_as_documented(team_project):
     assert mlflow["ports"] == ["${MLFLOW_BIND:-127.0.0.1}:${MLFLOW_PORT:-5000}:5000"]
     assert "--serve-artifacts" in (root / "tracking-server" / "serve.py").read_text()
     example = (root / ".env.example").read_text()
-    assert all(f"{key}=" in example for key in ("POSTGRES_PASSWORD", "MLFLOW_AUTH", "MLFLOW_TRACKING_URI"))
+    assert all(
+        f"{key}=" in example for key in ("POSTGRES_PASSWORD", "MLFLOW_AUTH", "MLFLOW_TRACKING_URI")
+    )
     assert ".env" in (root / ".gitignore").read_text().splitlines()
     tool = compose_tool()
     if tool is None:
-        banner("NO COMPOSE TOOL (docker compose / docker-compose): compose.yaml checked as YAML only")
+        banner(
+            "NO COMPOSE TOOL (docker compose / docker-compose): compose.yaml checked as YAML only"
+        )
         return
     done = subprocess.run(
         [*tool, "config", "-q"], cwd=root, env={**os.environ, "POSTGRES_PASSWORD": "x"},
@@ -511,7 +557,9 @@ def test_compose_stack_comes_up_and_keeps_runs_and_artifacts(team_project, docke
         if check and done.returncode != 0:
             logs = subprocess.run([*tool, "logs", "--tail", "40"], cwd=team_project.root, env=env,
                                   capture_output=True, text=True, check=False).stdout  # fmt: skip
-            pytest.fail(f"`compose {' '.join(args)}` exited {done.returncode}:\n{done.stderr[-3000:]}\n{logs[-4000:]}")
+            pytest.fail(
+                f"`compose {' '.join(args)}` exited {done.returncode}:\n{done.stderr[-3000:]}\n{logs[-4000:]}"
+            )
         return done
 
     started = time.monotonic()
@@ -540,7 +588,14 @@ def test_compose_stack_comes_up_and_keeps_runs_and_artifacts(team_project, docke
         assert first["location"].startswith("mlflow-artifacts:"), "artifacts proxied by the server"
         stored = compose("exec", "-T", "mlflow", "find", "/mlflow/artifacts", "-name", "hello.txt")
         assert f"/{first['run']}/artifacts/hello.txt" in stored.stdout, "in the artifacts volume"
-        rows = compose("exec", "-T", "db", "sh", "-c", "psql -U mlflow -d mlflow -tAc 'SELECT run_uuid FROM runs'")
+        rows = compose(
+            "exec",
+            "-T",
+            "db",
+            "sh",
+            "-c",
+            "psql -U mlflow -d mlflow -tAc 'SELECT run_uuid FROM runs'",
+        )
         assert rows.stdout.split() == [first["run"]], "the run is in PostgreSQL"
     finally:
         compose("down", "-v", "--rmi", "all", timeout=300, check=False)
