@@ -275,6 +275,47 @@ def test_two_pipelines_at_once_both_land_whole_and_apart(team_project, server, t
     )
 
 
+# Runs that log the same new rows at the same moment, a few rounds of them: MLflow's store looks a
+# dataset up and then inserts it, so on PostgreSQL about half of such plain `mlflow.log_input`
+# calls fail on the unique key (46 of 80 measured); the project's `log_dataset_input` must link all.
+SAME_DATA_AT_ONCE = """
+    import threading
+    import numpy as np, pandas as pd
+    from {package}.data import log_dataset_input
+
+    race_experiment = mlflow.create_experiment("same-data-at-once")
+    failures, runs = [], []
+    for round_ in range(8):
+        frame = pd.DataFrame({{"x": np.arange(50.0) + round_, "y": np.arange(50.0)}})
+        dataset = mlflow.data.from_pandas(frame, name="train")  # new rows, a new digest
+        barrier = threading.Barrier(4)
+
+        def log_at_once():
+            with mlflow.start_run(experiment_id=race_experiment) as run:
+                runs.append(run.info.run_id)
+                barrier.wait()
+                try:
+                    log_dataset_input(dataset, "training")
+                except Exception as error:
+                    failures.append(str(error)[:300])
+
+        threads = [threading.Thread(target=log_at_once) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    linked = [len(client.get_run(run_id).inputs.dataset_inputs) for run_id in runs]
+    print(json.dumps({{"failures": failures, "linked": linked}}))
+"""
+
+
+def test_runs_logging_the_same_data_at_once_all_link_it(team_project, server):
+    code = SAME_DATA_AT_ONCE.format(package=team_project.options["package_name"])
+    result = query(team_project, server, code)
+    assert result["failures"] == [], result["failures"][0]
+    assert result["linked"] == [1] * 32, "every run has its dataset input"
+
+
 def test_registry_and_aliases_read_back_through_the_server(team_project, server, two_runs):
     registry = query(
         team_project, server,

@@ -1,9 +1,11 @@
 """Data preparation: loading, the checks that stop bad data, cleaning and splitting."""
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pytest
+from mlflow.exceptions import RestException
 
 from {{ cookiecutter.package_name }}.data import (
     DataValidationError,
@@ -14,6 +16,7 @@ from {{ cookiecutter.package_name }}.data import (
     clean,
     load_dataset,
     load_demo,
+    log_dataset_input,
     sample,
     split,
 )
@@ -122,3 +125,47 @@ def test_sample_keeps_class_shares_and_split_is_stratified_and_seeded():
     shares = first.test["label"].value_counts(normalize=True)
     overall = data["label"].value_counts(normalize=True)
     assert (shares - overall).abs().max() < 0.05
+
+
+# What a tracking server on PostgreSQL answers when two runs insert the same dataset at once.
+LOST_RACE = {
+    "error_code": "BAD_REQUEST",
+    "message": "(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "
+    '"dataset_pk"\n[SQL: INSERT INTO datasets (dataset_uuid, experiment_id, name, digest) ...]',
+}
+
+
+def log_input_failing_first(monkeypatch, error: dict) -> list[str]:
+    """mlflow.log_input that answers `error` once, then logs for real; returns the calls made."""
+    real_log_input, calls = mlflow.log_input, []
+
+    def log_input(dataset, context=None, **kwargs):
+        calls.append(context)
+        if len(calls) == 1:
+            raise RestException(error)
+        return real_log_input(dataset, context=context, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", log_input)
+    return calls
+
+
+def training_set() -> mlflow.data.dataset.Dataset:
+    return mlflow.data.from_pandas(frame().astype({"age": "float64"}), name="train")
+
+
+def test_a_dataset_another_run_just_inserted_is_linked_on_the_second_try(monkeypatch):
+    calls = log_input_failing_first(monkeypatch, LOST_RACE)
+    with mlflow.start_run() as run:
+        log_dataset_input(training_set(), "training")
+    inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert calls == ["training", "training"]
+    assert [each.dataset.name for each in inputs] == ["train"]
+
+
+def test_other_tracking_errors_are_not_retried(monkeypatch):
+    calls = log_input_failing_first(
+        monkeypatch, {"error_code": "PERMISSION_DENIED", "message": "no access to experiment 1"}
+    )
+    with mlflow.start_run(), pytest.raises(RestException, match="no access"):
+        log_dataset_input(training_set(), "training")
+    assert calls == ["training"]

@@ -2,6 +2,7 @@
 
 Modules:
 
+- `{{ cookiecutter.package_name }}.kernels`: Warm kernels: each notebook's kernel starts, and imports what the notebook imports, while the notebook before it runs.
 - `{{ cookiecutter.package_name }}.params`: Pipeline parameters: params.yaml, one-off overrides, and the notebooks' typed `parameters` cells.
 - `{{ cookiecutter.package_name }}.pipeline`: The pipeline runner: the numbered notebooks, in order, through papermill, as one MLflow run tree.
 - `{{ cookiecutter.package_name }}.serving.app`: The serving app: MLflow's scoring protocol, a typed /predict, health, metadata and metrics.

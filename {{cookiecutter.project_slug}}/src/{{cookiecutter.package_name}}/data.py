@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['DataValidationError', 'load_demo', 'resolve_path', 'load_dataset', 'check_target', 'check_missing', 'check_rows',
            'load_schema', 'apply_schema', 'quality_report', 'plot_quality', 'clean', 'sample', 'Split', 'split',
-           'save_split', 'log_datasets']
+           'save_split', 'log_dataset_input', 'log_datasets']
 
 # %% ../../notebooks/02_data_preparation.ipynb #e5e150e0
 import warnings
@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 import pandera.pandas as pa
+from mlflow.data.dataset import Dataset
+from mlflow.exceptions import MlflowException
 from pandera.errors import SchemaErrors
 from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.model_selection import train_test_split
@@ -242,11 +244,26 @@ def save_split(parts: Split, folder: Path) -> dict[str, str]:
     return paths
 
 
+def log_dataset_input(dataset: Dataset, context: str) -> None:
+    """`mlflow.log_input`, tried once more if another run registered the same dataset meanwhile.
+
+    The tracking store looks the dataset up, then inserts it: two pipelines logging the same rows
+    at the same moment (a team on one server) can both miss it, and the later insert fails on the
+    unique key. By then the other run's row is committed, so the second try finds and links it.
+    """
+    try:
+        mlflow.log_input(dataset, context=context)
+    except MlflowException as error:
+        if "INSERT INTO datasets" not in str(error):
+            raise
+        mlflow.log_input(dataset, context=context)
+
+
 def log_datasets(parts: Split, source: str, target: str) -> dict[str, str]:
     """Both sets as MLflow dataset inputs; returns their digests."""
     digests = {}
     for name, frame, context in (("train", parts.train, "training"), ("test", parts.test, "test")):
         dataset = mlflow.data.from_pandas(frame, source=source, targets=target, name=name)
-        mlflow.log_input(dataset, context=context)
+        log_dataset_input(dataset, context)
         digests[f"{name}_digest"] = dataset.digest
     return digests
