@@ -6,7 +6,7 @@ UV := python3 -m uv
 endif
 
 .DEFAULT_GOAL := help
-# the generated project's files hold Jinja; its own `make check` lints them rendered
+# the template's own Python: `make lint` fixes it, tests/test_lint.py checks it (reads this line)
 OWN_CODE := tests benchmarks tools hooks local_extensions.py
 .PHONY: help demo test fast lint docs
 

@@ -155,7 +155,8 @@ def rendered_hook(**values: str) -> types.ModuleType:
     context = {"cookiecutter": {**VALID, **values}}
     source = create_env_with_context(context).from_string(HOOK.read_text()).render(**context)
     module = types.ModuleType("pre_gen_project")
-    exec(compile(source, str(HOOK), "exec"), module.__dict__)  # noqa: S102 -- our own hook; not __main__: main() does not run
+    # Our own hook's code; not run as __main__, so its main() does not run.
+    exec(compile(source, str(HOOK), "exec"), module.__dict__)  # noqa: S102
     return module
 
 

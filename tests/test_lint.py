@@ -3,13 +3,14 @@ rules and format as the generated project's code; `make lint` fixes what ruff ca
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parents[1]
-# The generated project's files hold Jinja and are checked, rendered, by its own `make check`.
-OWN_CODE = ["tests", "benchmarks", "tools", "hooks", "local_extensions.py"]
+# What `make lint` fixes, read from the Makefile so that the check and the fix cover the same files.
+OWN_CODE = re.search(r"(?m)^OWN_CODE := (.+)$", (TEMPLATE / "Makefile").read_text())[1].split()
 RUFF = Path(sys.executable).parent / "ruff"
 
 

@@ -32,9 +32,8 @@ def engine_answers() -> bool:
 
 
 def main() -> int:
-    shutil.rmtree(
-        OUTPUT, ignore_errors=True
-    )  # a fresh project every time, so the demo is repeatable
+    # A fresh project every time, so the demo is repeatable.
+    shutil.rmtree(OUTPUT, ignore_errors=True)
     project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(OUTPUT)))
     print(f"Generated {project}")
     for title, target in (("Set up", "setup"), ("Run the pipeline", "pipeline")):

@@ -131,22 +131,12 @@ def bad_files(folder) -> dict[str, tuple[str, list[str], str]]:
     cases = {
         "no_target": (good.drop(columns="y"), [], "data check 'target column' failed: column 'y'"),
         "single_class": (good.assign(y="a"), [], "data check 'class count' failed: column 'y'"),
-        "empty_column": (
-            good.assign(blank=np.nan),
-            [],
-            "data check 'missing values' failed: column 'blank'",
-        ),
-        "too_few_rows": (
-            good.head(6).assign(y=["a", "b"] * 3),
-            ["data.min_rows_per_class=1"],
-            "data check 'rows' failed",
-        ),
-        "wrong_type": (
-            good.assign(x=["twelve"] * 60),
-            [],
-            "data check 'schema' failed: column 'x'",
-        ),
-    }
+        "empty_column": (good.assign(blank=np.nan), [],
+                         "data check 'missing values' failed: column 'blank'"),
+        "too_few_rows": (good.head(6).assign(y=["a", "b"] * 3), ["data.min_rows_per_class=1"],
+                         "data check 'rows' failed"),
+        "wrong_type": (good.assign(x=["twelve"] * 60), [], "data check 'schema' failed: column 'x'"),
+    }  # fmt: skip
     files = {}
     for name, (data, sets, message) in cases.items():
         path = folder / f"{name}.csv"
@@ -236,9 +226,8 @@ def test_pipeline_runs_on_a_mixed_multiclass_csv(project_factory):
 
 @pytest.mark.xdist_group("regression")
 def test_same_parameters_give_the_same_scores(project_factory):
-    project = project_factory(
-        task="regression", project_name="Slow Regressor"
-    )  # shared, see conftest
+    # The same project as the other regression tests (see conftest).
+    project = project_factory(task="regression", project_name="Slow Regressor")
     started = int(time.time() * 1000)
     for _ in range(2):
         project.cli("pipeline", "--smoke", "--only", "02", "03", "--set", "data.seed=11")

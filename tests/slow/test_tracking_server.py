@@ -350,14 +350,8 @@ def test_server_stopped_mid_run_fails_clearly_and_a_rerun_succeeds(team_project,
     before = set((team_project.root / "runs").glob("*"))
     # Cut while 02 runs; 03 keeps the run going for seconds after that, since a warm kernel takes
     # 02 through in a few seconds, sooner than `tracking-server stop` stops the server.
-    command = [
-        str(team_project.root / ".venv" / "bin" / team_project.slug),
-        *SMOKE,
-        "--only",
-        "01",
-        "02",
-        "03",
-    ]
+    command = [str(team_project.root / ".venv" / "bin" / team_project.slug), *SMOKE,
+               "--only", "01", "02", "03"]  # fmt: skip
     process = subprocess.Popen(
         command, cwd=team_project.root, env=team_project.env(server.client_env()),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -629,14 +623,8 @@ def test_compose_stack_comes_up_and_keeps_runs_and_artifacts(team_project, docke
         assert first["location"].startswith("mlflow-artifacts:"), "artifacts proxied by the server"
         stored = compose("exec", "-T", "mlflow", "find", "/mlflow/artifacts", "-name", "hello.txt")
         assert f"/{first['run']}/artifacts/hello.txt" in stored.stdout, "in the artifacts volume"
-        rows = compose(
-            "exec",
-            "-T",
-            "db",
-            "sh",
-            "-c",
-            "psql -U mlflow -d mlflow -tAc 'SELECT run_uuid FROM runs'",
-        )
+        query_runs = "psql -U mlflow -d mlflow -tAc 'SELECT run_uuid FROM runs'"
+        rows = compose("exec", "-T", "db", "sh", "-c", query_runs)
         assert rows.stdout.split() == [first["run"]], "the run is in PostgreSQL"
     finally:
         compose("down", "-v", "--rmi", "all", timeout=300, check=False)
