@@ -1,6 +1,7 @@
 """The serving stack against MLflow's: latency, throughput, image size and start-up time.
 
     uv run python benchmarks/serving.py PROJECT_DIR [--requests 2000] [--repeat 2] [--no-docker]
+        [--prediction-log] [--baseline OTHER_PROJECT_DIR]
 
 PROJECT_DIR is a generated project after `make setup` and `make pipeline` (a registered champion).
 Everything runs on loopback, bounded by --requests per measurement:
@@ -13,6 +14,10 @@ Everything runs on loopback, bounded by --requests per measurement:
     `mlflow models serve --env-manager local` (1 worker) and this server (`python -m
     <package>.serving`, uvicorn, 1 worker), both on the same exported model folder; the two are
     measured in alternation --repeat times and the best run of each is kept (the machine is shared);
+    with --prediction-log, this server once more with PREDICTION_LOG on (a fresh file in a temporary
+    folder), and a table of what the log costs; with --baseline, the server of another generated
+    project (say, baked from the template's previous commit) on the same model folder, measured
+    alike in the same alternation, log on and off: the way to compare two versions of the server;
   * with Docker (unless --no-docker): this project's image and one built from
     `mlflow models generate-dockerfile` for the same model, both FROM $BASE_IMAGE (default
     python:3.11-slim-bookworm): image size and seconds from `docker run` to the first /ping 200.
@@ -35,7 +40,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 IN_PROCESS = r"""
@@ -75,6 +82,35 @@ out = {}
 for name, values in times.items():
     values.sort()
     out[name] = {"p50": values[len(values) // 2], "p99": values[int(len(values) * 0.99)]}
+print(json.dumps(out))
+"""
+
+LOG_COST = r"""
+import importlib, json, sys, tempfile, time
+from pathlib import Path
+predlog = importlib.import_module(sys.argv[1] + ".serving.predlog")
+example = json.loads((Path(sys.argv[2]) / "model" / "input_example.json").read_text())
+values = {name: [value] for name, value in zip(example["columns"], example["data"][0])}
+n = int(sys.argv[3])
+log = predlog.PredictionLog(Path(tempfile.mkdtemp()) / "p.jsonl", "model", "1", 50 * 2**20)
+wait = getattr(log, "flush", lambda: None)  # a writer thread's log: until the line is written
+
+def entry():
+    return predlog.Entry(time.time(), "5f0c6e4d0c2b4f3e9a8d7c6b5a4f3e2d", "/invocations", 1.25,
+                         values, ["yes"], None)
+
+out = {}
+for mode in ("one at a time", "back to back"):  # as at c=1, and as a burst the writer batches
+    for i in range(n + 200):
+        if i == 200:  # after a warm-up
+            wall, cpu = time.perf_counter(), time.process_time()
+        log.record(entry())
+        if mode == "one at a time":
+            wait()
+    wait()
+    out[mode] = {"wall": (time.perf_counter() - wall) / n, "cpu": (time.process_time() - cpu) / n}
+out["dropped"] = getattr(log, "dropped", 0)
+log.close()
 print(json.dumps(out))
 """
 
@@ -273,14 +309,33 @@ def start_mlflow(project: Project, model_dir: Path, port: int) -> subprocess.Pop
     )
 
 
-def start_ours(project: Project, bundle: Path, port: int) -> subprocess.Popen:
+def start_ours(project: Project, bundle: Path, port: int, **env: str) -> subprocess.Popen:
     command = [
         str(project.bin / "python"), "-m", f"{project.package}.serving", "--bundle", str(bundle),
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     return subprocess.Popen(
-        command, env=project.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+        command, env=project.env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+MLFLOW = "mlflow models serve"
+WITH_LOG = ", prediction log on"
+
+
+def servers(
+    project: Project, baseline: Project | None, prediction_log: Path | None
+) -> dict[str, Callable[[Path, int], subprocess.Popen]]:
+    """Each server to measure, by name: a function of (bundle, port) that starts it."""
+    started = {MLFLOW: lambda bundle, port: start_mlflow(project, bundle / "model", port)}
+    ours = {"this server": project} | ({"baseline server": baseline} if baseline else {})
+    for name, owner in ours.items():
+        started[name] = partial(start_ours, owner)
+        if prediction_log:  # a file of each server's own, never shared
+            log = prediction_log / f"{name.replace(' ', '-')}.jsonl"
+            started[name + WITH_LOG] = partial(start_ours, owner, PREDICTION_LOG=str(log))
+    return started
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -292,16 +347,13 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def http_benchmark(
-    project: Project, bundle: Path, body: bytes, requests: int, repeat: int, client: str
+    starts: dict[str, Callable], bundle: Path, body: bytes, requests: int, repeat: int, client: str
 ) -> dict:
-    servers = {"mlflow models serve": start_mlflow, "this server": start_ours}
-    results: dict[str, dict] = {name: {} for name in servers}
+    results: dict[str, dict] = {name: {} for name in starts}
     for _ in range(repeat):
-        for name, start in servers.items():  # alternate, so a busy moment hits both
+        for name, start in starts.items():  # alternate, so a busy moment hits them all
             port = free_port()
-            process = start(
-                project, bundle / "model" if name.startswith("mlflow") else bundle, port
-            )
+            process = start(bundle, port)
             try:
                 startup = wait_for_ping(port, process)
                 results[name]["startup"] = min(startup, results[name].get("startup", startup))
@@ -402,7 +454,24 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
 
-def report(in_process: dict, http: dict, images: dict | None, load_before: str, client: str) -> str:
+def log_benchmark(projects: dict[str, Project], bundle: Path, requests: int, repeat: int) -> dict:
+    """Each project's prediction log in process, 1-row entries: time per entry, best of `repeat`
+    alternating runs. CPU time counts every thread, so a writer thread's work is in it."""
+    best: dict[str, dict] = {}
+    for _ in range(repeat):
+        for name, project in projects.items():
+            run = project.python(LOG_COST, str(bundle), str(requests * 10))
+            for mode in ("one at a time", "back to back"):
+                kept = best.setdefault(name, {}).setdefault(mode, run[mode])
+                best[name][mode] = {k: min(kept[k], run[mode][k]) for k in kept}
+            best[name]["dropped"] = max(best[name].get("dropped", 0), run["dropped"])
+    return best
+
+
+def report(
+    in_process: dict, http: dict, images: dict | None, load_before: str, client: str,
+    log_in_process: dict | None = None,
+) -> str:  # fmt: skip
     lines = [f"Load average before: {load_before}; after: {os.getloadavg()}", ""]
     lines += [
         "| in process, 1 row | p50 ms | p99 ms |",
@@ -415,13 +484,16 @@ def report(in_process: dict, http: dict, images: dict | None, load_before: str, 
         ),
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    base = http["mlflow models serve"]
+    base = http[MLFLOW]
     for name, r in http.items():
         ratio = f"{r[1]['rps'] / base[1]['rps']:.2f}x / {r[8]['rps'] / base[8]['rps']:.2f}x"
         lines.append(
             f"| {name} | {r['startup']:.1f} | {ms(r[1]['p50'])} | {ms(r[1]['p99'])} | {r[1]['rps']:.0f} "
             f"| {ms(r[8]['p50'])} | {ms(r[8]['p99'])} | {r[8]['rps']:.0f} | {ratio} |"
         )
+    lines += log_cost(http)
+    if log_in_process:
+        lines += log_cost_in_process(log_in_process)
     if images:
         lines += [
             "",
@@ -440,6 +512,52 @@ def report(in_process: dict, http: dict, images: dict | None, load_before: str, 
     return "\n".join(lines)
 
 
+def log_cost(http: dict) -> list[str]:
+    """What the prediction log costs each server that ran with it on and off: throughput with it
+    as a share of throughput without, and the time it adds to a request at c=1."""
+    logged = [name for name in http if name.endswith(WITH_LOG)]
+    if not logged:
+        return []
+    lines = [
+        "",
+        (
+            "| prediction log cost | c=1 req/s off / on | c=1 on vs off | c=1 µs per request "
+            "| c=8 req/s off / on | c=8 on vs off |"
+        ),
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in logged:
+        off, on = http[name.removesuffix(WITH_LOG)], http[name]
+        added = (1 / on[1]["rps"] - 1 / off[1]["rps"]) * 1e6
+        lines.append(
+            f"| {name.removesuffix(WITH_LOG)} | {off[1]['rps']:.0f} / {on[1]['rps']:.0f} "
+            f"| {on[1]['rps'] / off[1]['rps']:.2f}x | {added:.0f} "
+            f"| {off[8]['rps']:.0f} / {on[8]['rps']:.0f} | {on[8]['rps'] / off[8]['rps']:.2f}x |"
+        )
+    return lines
+
+
+def log_cost_in_process(results: dict) -> list[str]:
+    def us(seconds: float) -> str:
+        return f"{seconds * 1e6:.1f}"
+
+    lines = [
+        "",
+        (
+            "| prediction log in process, 1-row entry | one at a time: wall µs | CPU µs "
+            "| back to back: wall µs | CPU µs | entries dropped |"
+        ),
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in results.items():
+        one, burst = r["one at a time"], r["back to back"]
+        lines.append(
+            f"| {name} | {us(one['wall'])} | {us(one['cpu'])} | {us(burst['wall'])} "
+            f"| {us(burst['cpu'])} | {r['dropped']} |"
+        )
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -454,10 +572,19 @@ def main() -> int:
         "--client", choices=sorted(CLIENTS), default="raw",
         help="load generator: raw sockets (default) or http.client (costs more per request)",
     )  # fmt: skip
+    parser.add_argument(
+        "--prediction-log", action="store_true",
+        help="also measure the server(s) with PREDICTION_LOG on, and report what it costs",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline", type=Path,
+        help="another generated project (after make setup) whose server to measure alike",
+    )  # fmt: skip
     parser.add_argument("--no-docker", action="store_true", help="skip the image comparison")
     parser.add_argument("--keep-images", action="store_true", help="leave the built images")
     args = parser.parse_args()
     project = find_project(args.project)
+    baseline = find_project(args.baseline) if args.baseline else None
     load_before = str(os.getloadavg())
     bundle_dir = Path(tempfile.mkdtemp(prefix="serving-benchmark-")) / "bundle"
     exported = project.python(EXPORT, str(bundle_dir), args.version)
@@ -471,7 +598,13 @@ def main() -> int:
     body = json.dumps(
         {"dataframe_split": {"columns": example["columns"], "data": example["data"][:1]}}
     ).encode()
-    http = http_benchmark(project, bundle, body, args.requests, args.repeat, args.client)
+    prediction_log = bundle_dir.parent / "logs" if args.prediction_log else None
+    starts = servers(project, baseline, prediction_log)
+    http = http_benchmark(starts, bundle, body, args.requests, args.repeat, args.client)
+    log_in_process = None
+    if args.prediction_log:
+        projects = {"this server": project} | ({"baseline server": baseline} if baseline else {})
+        log_in_process = log_benchmark(projects, bundle, args.requests, args.repeat)
     images = None
     if not args.no_docker:
         if docker("info").returncode != 0:
@@ -484,7 +617,7 @@ def main() -> int:
                     if name in images:
                         docker("image", "rm", "--force", images[name]["tag"])
     shutil.rmtree(bundle_dir.parent, ignore_errors=True)
-    print(report(in_process, http, images, load_before, args.client))
+    print(report(in_process, http, images, load_before, args.client, log_in_process))
     return 0
 
 

@@ -12,18 +12,20 @@ A page asks for generated content with a marker alone on a line:
                                           a file of a baked project, or one YAML section of it
     <!-- make-targets -->                 the generated Makefile's targets and their help
     <!-- cli-help: COMMAND -->            the generated project's `COMMAND --help`
+    <!-- answer-limits -->                the longest value of each free-text answer
 
 Projects are baked with cookiecutter, hooks included, always with git_init false, once per set of
 options. Baked projects are kept in build/docs-bakes/<digest>/, where the digest covers every file
-cookiecutter reads (cookiecutter.json, hooks/, the project template) and the cookiecutter and Python
-versions: a rebuild reuses them until the template changes. The build fails on an unknown marker, on
-an option of cookiecutter.json that no page documents with `option: NAME`, and on a page
-documenting an option that does not exist.
+cookiecutter reads (cookiecutter.json, local_extensions.py, hooks/, the project template) and the
+cookiecutter and Python versions: a rebuild reuses them until the template changes. The build fails
+on an unknown marker, on an option of cookiecutter.json that no page documents with
+`option: NAME`, and on a page documenting an option that does not exist.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -90,6 +92,17 @@ def rendered_defaults(path: Path = OPTIONS_FILE) -> dict[str, Any]:
         return dict(prompt_for_config(generate_context(context_file=str(path)), no_input=True))
     finally:
         sys.path.remove(str(path.parent))
+
+
+def answer_limits() -> str:
+    """The length limits of local_extensions.py, which the pre-generation hook applies."""
+    path = TEMPLATE / "local_extensions.py"
+    spec = importlib.util.spec_from_file_location("template_local_extensions", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = ["| answer | at most (characters) |", "|---|---|"]
+    rows += [f"| `{name}` | {limit} |" for name, limit in module.MAX_LENGTHS.items()]
+    return "\n".join(rows)
 
 
 def token(value: Any) -> str:
@@ -172,7 +185,7 @@ def template_digest() -> str:
     import cookiecutter
 
     digest = hashlib.sha256(f"{cookiecutter.__version__} {sys.version}".encode())
-    sources = [OPTIONS_FILE, TEMPLATE / "hooks"]
+    sources = [OPTIONS_FILE, TEMPLATE / "local_extensions.py", TEMPLATE / "hooks"]
     sources += [p for p in TEMPLATE.iterdir() if p.is_dir() and p.name.startswith("{{")]
     for source in sources:
         for path in sorted([source, *source.rglob("*")]):
@@ -409,6 +422,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
             return make_targets(bakery.project())
         if marker == "cli-help":
             return cli_help(bakery.project(), argument)
+        if marker == "answer-limits":
+            return answer_limits()
         raise PluginError(f"{page.file.src_uri}: unknown marker `<!-- {marker} -->`")
 
     return MARKER.sub(replace, markdown)

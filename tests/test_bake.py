@@ -68,12 +68,14 @@ BASE_FILES = [
     "src/{package}/cli.py",
     "src/{package}/data.py",
     "src/{package}/evaluation.py",
+    "src/{package}/kernel_guard.py",
     "src/{package}/kernels.py",
     "src/{package}/modelling.py",
     "src/{package}/monitoring.py",
     "src/{package}/params.py",
     "src/{package}/pipeline.py",
     "src/{package}/project.py",
+    "src/{package}/recovery.py",
     "src/{package}/registry.py",
     "src/{package}/serving/__init__.py",
     "src/{package}/serving/__main__.py",
@@ -81,6 +83,7 @@ BASE_FILES = [
     "src/{package}/serving/bundle.py",
     "src/{package}/serving/export.py",
     "src/{package}/serving/image.py",
+    "src/{package}/serving/integrity.py",
     "src/{package}/serving/model.py",
     "src/{package}/serving/predlog.py",
     "src/{package}/serving/schema.py",
@@ -90,11 +93,13 @@ BASE_FILES = [
     "tests/conftest.py",
     "tests/test_data.py",
     "tests/test_evaluation.py",
+    "tests/test_integrity.py",
     "tests/test_kernels.py",
     "tests/test_modelling.py",
     "tests/test_monitoring.py",
     "tests/test_params.py",
     "tests/test_pipeline.py",
+    "tests/test_recovery.py",
     "tests/test_registry.py",
     "tests/test_serving.py",
 ]
@@ -116,7 +121,7 @@ FILES_BY_OPTION = {
 }
 
 MAKE_TARGETS = ["help", "setup", "lab", "pipeline", "check", "fix", "test", "image", "serve",
-                "monitor", "clean"]  # fmt: skip
+                "monitor", "doctor", "clean"]  # fmt: skip
 CI_COMMANDS = ["make setup", "make check", "make test", "make pipeline ARGS=--smoke"]
 # Jinja left unrendered: an opening tag, the end of a tag as Jinja is written (`{{ x }}`), or the
 # variable itself. A bare `}}` or `%}` is ordinary Python: nested dicts, f-string formats `{x:.0%}`.

@@ -73,3 +73,18 @@ def test_load_counts_every_request_and_refuses_errors(serving_benchmark, echo_se
     assert len(echo_server.bodies) == 40 + 40  # the warm-up (min(200, 40)) and the measured 40
     with pytest.raises(SystemExit, match="418"):
         serving_benchmark.load(port, b"teapot", requests=8, clients=2)
+
+
+def test_the_log_cost_compares_each_server_with_itself(serving_benchmark):
+    def run(rps_1: float, rps_8: float) -> dict:
+        return {1: {"rps": rps_1}, 8: {"rps": rps_8}}
+
+    http = {
+        "mlflow models serve": run(100, 100),
+        "this server": run(500, 800),
+        "this server, prediction log on": run(400, 600),
+        "baseline server": run(1000, 1000),
+    }
+    (row,) = serving_benchmark.log_cost(http)[3:]
+    assert row == "| this server | 500 / 400 | 0.80x | 500 | 800 / 600 | 0.75x |"
+    assert serving_benchmark.log_cost({"this server": run(1, 1)}) == []

@@ -2,6 +2,7 @@
 
 End to end, each bad value is baked as a user would (cookiecutter stops, the output folder stays
 empty); the hook's `problems()` is also tested directly, rendered as cookiecutter renders it.
+Template syntax in answers and length limits: tests/test_fields.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 import subprocess
 import sys
 import types
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,9 @@ VALID = {
     "description": "Predict which customers will churn.",
     "tracking": "local",
     "tracking_server_uri": "http://127.0.0.1:5000",
+    "__model_name": "churn-model",
+    "__image_name": "churn-model",
+    "__kernel_name": "churn-model",
 }
 
 
@@ -40,22 +45,12 @@ def bad(field: str, value: str, id: str, **context) -> pytest.param:
     return pytest.param({field: value, **context}, field, value, id=id)
 
 
-def as_typed(context: dict) -> dict:
-    """Extra context is rendered like a default: raw makes template syntax arrive as if typed."""
-    return {
-        name: f"{{% raw %}}{value}{{% endraw %}}" if "{{" in value or "{%" in value else value
-        for name, value in context.items()
-    }
-
-
 BAD_INPUTS = [
     bad("project_name", "", "name-empty"),
     bad("project_name", "", "name-empty-slug-given", project_slug="ok"),
     bad("project_name", 'Say "hi"', "name-double-quote"),
     bad("project_name", "Bob's model", "name-single-quote", project_slug="bobs-model"),
     bad("project_name", "back\\slash", "name-backslash"),
-    bad("project_name", "{{ x }}", "name-template-expression"),
-    bad("project_name", "{% if %}", "name-template-block", project_slug="ok"),
     bad("project_slug", "", "slug-empty"),
     bad("project_slug", "My Project", "slug-capitals-space"),
     bad("project_slug", "2fast", "slug-leading-digit"),
@@ -80,11 +75,23 @@ BAD_INPUTS = [
     bad("package_name", "tests", "package-tests"),
     bad("package_name", "src", "package-src"),
     bad("author_email", "nobody", "email-without-at"),
-    bad("author_name", "{{ me }}", "author-template"),
     bad("description", 'The """ end', "description-docstring-end"),
     bad("description", "C:\\new", "description-backslash"),
     bad("tracking_server_uri", "mlflow.example.com", "uri-without-scheme", tracking="server"),
     bad("tracking_server_uri", 'http://x"; import os', "uri-quote", tracking="server"),
+    # written into the package's code: `MODEL_NAME = "<name>"`
+    bad("__model_name", 'x"; import os; os.system("id") #', "model-name-code"),
+    bad("__image_name", "Churn Model", "image-name-not-a-slug"),
+    bad("__kernel_name", "k" * 65, "kernel-name-too-long"),
+]
+# Values holding template syntax: cookiecutter renders an answer, so local_extensions.py refuses
+# it before this hook runs (tests/test_fields.py); a replay file's values reach the hook unrendered.
+UNRENDERED_BAD_INPUTS = [
+    bad("project_name", "{{ x }}", "name-template-expression"),
+    bad("project_name", "{% if %}", "name-template-block", project_slug="ok"),
+    bad("project_name", "a }} b", "name-template-end"),
+    bad("author_name", "{{ me }}", "author-template"),
+    bad("description", "{# note #}", "description-template-comment"),
 ]
 
 
@@ -92,7 +99,7 @@ def names_problem(output: str, field: str, value: str) -> bool:
     """The message names the field and shows the bad value (as the hook prints it, with repr)."""
     if value == "":
         return f"{field} is empty" in output
-    return f"{field} {value!r}" in output
+    return f"{field} {value!r}" in output or f"{field} {value[:40] + '...'!r}" in output
 
 
 def assert_refused(output: str, field: str, value: str, output_dir: Path) -> None:
@@ -109,7 +116,7 @@ def test_bad_input_is_refused_and_leaves_nothing(
     output_dir = tmp_path / "out"
     output_dir.mkdir()
     with pytest.raises(FailedHookException):
-        bake_project(output_dir, **as_typed(context))
+        bake_project(output_dir, **context)
     assert_refused(capfd.readouterr().err, field, value, output_dir)
 
 
@@ -150,10 +157,25 @@ def test_command_line_exits_non_zero_with_the_message(tmp_path, cookiecutter_con
 # --- the hook as a module, rendered as cookiecutter renders it ---
 
 
+@contextmanager
+def template_importable():
+    """cookiecutter.json's `_extensions` import local_extensions.py, as cookiecutter arranges."""
+    sys.path.insert(0, str(TEMPLATE))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(TEMPLATE))
+
+
 def rendered_hook(**values: str) -> types.ModuleType:
     """pre_gen_project.py rendered by cookiecutter's own Jinja environment, then imported."""
-    context = {"cookiecutter": {**VALID, **values}}
-    source = create_env_with_context(context).from_string(HOOK.read_text()).render(**context)
+    extensions = json.loads((TEMPLATE / "cookiecutter.json").read_text())["_extensions"]
+    context = {
+        "cookiecutter": {**VALID, **values, "_extensions": extensions, "_output_dir": "/tmp/out"}
+    }
+    with template_importable():
+        env = create_env_with_context(context)
+    source = env.from_string(HOOK.read_text()).render(**context)
     module = types.ModuleType("pre_gen_project")
     # Our own hook's code; not run as __main__, so its main() does not run.
     exec(compile(source, str(HOOK), "exec"), module.__dict__)  # noqa: S102
@@ -188,6 +210,12 @@ def test_rendered_hook_reads_any_value_back_as_data(value, tmp_path):
     assert not marker.exists()
 
 
+def test_rendered_hook_reads_the_output_folder_and_the_limits(hook):
+    assert hook.OUTPUT_DIR == "/tmp/out"
+    assert hook.MAX_LENGTHS["project_slug"] > 0
+    assert set(hook.MAX_LENGTHS) <= set(hook.VALUES)
+
+
 def test_valid_values_have_no_problems(hook):
     assert hook.problems(VALID) == []
 
@@ -203,13 +231,14 @@ def test_valid_values_have_no_problems(hook):
         {"description": 'A "quoted" word, an apostrophe\'s fine.'},
         {"tracking": "server", "tracking_server_uri": "https://mlflow.example.com:8443/team"},
         {"tracking": "local", "tracking_server_uri": "unused when tracking is local"},
+        {"__model_name": "churn-classifier", "__image_name": "team-churn"},
     ],
 )
 def test_acceptable_values_pass(hook, values):
     assert hook.problems({**VALID, **values}) == []
 
 
-@pytest.mark.parametrize(("context", "field", "value"), [p.values for p in BAD_INPUTS])
+@pytest.mark.parametrize(("context", "field", "value"), BAD_INPUTS + UNRENDERED_BAD_INPUTS)
 def test_problems_names_the_field_and_the_value(hook, context, field, value):
     values = {**VALID, **context}
     values[field] = value  # as the user typed it (cookiecutter renders extra context)

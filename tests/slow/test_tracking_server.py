@@ -6,8 +6,8 @@ loopback port), one per session; each server gets a database of its own. The pro
 `tracking-server start|stop` runs the main server. Checked through the server: two pipelines at
 the same time (run trees, registry, aliases; the serving bundle exported from it), the server
 stopped in the middle of a run (a clear failure, then a re-run that succeeds), basic auth
-(no credentials, no access), the move of a local SQLite history onto a server, and the compose
-file (validated; brought up when an engine and docker-compose answer).
+(no credentials, no access), the move of a local SQLite history onto a server (cut midway, then
+finished), and the compose file (validated; brought up when an engine and docker-compose answer).
 Without PostgreSQL binaries these tests are skipped, loudly; .ci/run installs them.
 """
 
@@ -158,7 +158,7 @@ def test_server_project_passes_its_own_check_and_tests(team_project):
     done = team_project.cli("check")
     assert done.stdout.count("ok  ") == 5, done.stdout
     done = team_project.cli("test", "-q", "tests/test_tracking_server.py")
-    assert "3 passed" in done.stdout, done.stdout
+    assert "6 passed" in done.stdout, done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -458,62 +458,136 @@ def test_with_auth_on_requests_without_credentials_are_refused(team_project, aut
     assert "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in done.stderr
 
 
-def test_local_sqlite_history_moves_to_the_server(team_project, auth_server):
-    """`tracking-server migrate`: a local store's run tree, model and alias, read back from the
-    server (here one with auth on, so the copy goes through the credentials)."""
+REGISTER_LATEST_AS_CHAMPION = """
+    import json, mlflow
+    from {package}.tracking import configure, MODEL_NAME
+    experiment_id = configure()
+    client = mlflow.MlflowClient()
+    models = client.search_logged_models([experiment_id], max_results=1,
+                                         order_by=[{{"field_name": "creation_time", "ascending": False}}])
+    version = mlflow.register_model(models[0].model_uri, MODEL_NAME).version
+    client.set_registered_model_alias(MODEL_NAME, "champion", version)
+    print(json.dumps(version))
+"""
+
+# Everything a migration carries over, ids replaced by names; each thing listed as often as the
+# store holds it (deleted runs too), so a copy made twice, or left partial, shows.
+HISTORY = """
+    import json, mlflow, pathlib, tempfile
+    from mlflow.entities import ViewType
+    from {package}.tracking import EXPERIMENT_NAME, MODEL_NAME
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+    models = client.search_logged_models([experiment.experiment_id])
+    names = {{r.info.run_id: r.data.tags.get("mlflow.runName") for r in runs}}
+    names.update({{m.model_id: m.name for m in models}})
+    def shown(tags):
+        return sorted((k, names.get(v, v)) for k, v in tags.items() if not k.startswith("migration."))
+    def artifacts(list_artifacts, path=None):
+        out = []
+        for item in list_artifacts(path):
+            out += artifacts(list_artifacts, item.path) if item.is_dir else [item.path]
+        return out
+    def metrics(run):
+        return sorted((m.key, m.step, m.timestamp, m.value)
+                      for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key))
+    versions = client.search_model_versions(f"name = '{{MODEL_NAME}}'")
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    print(json.dumps({{
+        "runs": sorted([names[r.info.run_id], r.info.status, r.info.lifecycle_stage, r.info.start_time,
+                        shown(r.data.tags), sorted(r.data.params.items()), metrics(r),
+                        sorted([d.dataset.name, d.dataset.digest, shown({{t.key: t.value for t in d.tags}})]
+                               for d in r.inputs.dataset_inputs),
+                        sorted(names.get(o.model_id, "?") for o in r.outputs.model_outputs),
+                        sorted(artifacts(lambda path: client.list_artifacts(r.info.run_id, path)))]
+                       for r in runs),
+        "logged_models": sorted([m.name, str(m.status), names.get(m.source_run_id), shown(m.tags),
+                                 sorted(m.params.items()),
+                                 sorted(artifacts(lambda path: client.list_logged_model_artifacts(m.model_id, path)))]
+                                for m in models),
+        "versions": sorted([str(v.version), names.get(v.run_id),  # a number here, a string there
+                            names.get(v.model_id or v.source.removeprefix("models:/")), shown(v.tags)]
+                           for v in versions),
+        "aliases": {{a: str(v) for a, v in client.get_registered_model(MODEL_NAME).aliases.items()}},
+        "champion_run": names[champion.run_id],
+        "model_files": sorted(p.name for p in pathlib.Path(mlflow.artifacts.download_artifacts(
+            f"models:/{{MODEL_NAME}}@champion", dst_path=tempfile.mkdtemp())).iterdir()),
+    }}, default=str))
+"""
+
+# Where the local store keeps the files of a run and of the champion's logged model.
+LOCAL_FOLDERS = """
+    import json, mlflow
+    from {package}.tracking import configure, MODEL_NAME
+    experiment_id = configure()
+    client = mlflow.MlflowClient()
+    run = client.search_runs([experiment_id], "tags.mlflow.runName = '{run_name}'")[0]
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    model = client.get_logged_model(champion.model_id or champion.source.removeprefix("models:/"))
+    print(json.dumps({{"run": run.info.artifact_uri, "model": model.artifact_location}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def local_history(team_project):
+    """The project's local SQLite store after a smoke run of 01-03, its latest model registered as
+    champion; returns the environment that points the project at it."""
     local = {"MLFLOW_TRACKING_URI": f"sqlite:///{team_project.root / 'mlflow.db'}"}
     team_project.cli(*SMOKE, "--only", "01", "02", "03", env=local)
-    register = """
-        import json, mlflow
-        from {package}.tracking import configure, MODEL_NAME
-        experiment_id = configure()
-        client = mlflow.MlflowClient()
-        models = client.search_logged_models([experiment_id], max_results=1,
-                                             order_by=[{{"field_name": "creation_time", "ascending": False}}])
-        version = mlflow.register_model(models[0].model_uri, MODEL_NAME).version
-        client.set_registered_model_alias(MODEL_NAME, "champion", version)
-        print(json.dumps(version))
-    """.format(package=team_project.options["package_name"])
-    team_project.python_json(textwrap.dedent(register), env=local)
-    snapshot = """
-        import json, mlflow, pathlib, tempfile
-        from mlflow.entities import ViewType
-        from {package}.tracking import EXPERIMENT_NAME, MODEL_NAME
-        client = mlflow.MlflowClient()
-        experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-        runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
-        names = {{r.info.run_id: r.data.tags.get("mlflow.runName") for r in runs}}
-        def artifacts(run_id, path=""):
-            out = []
-            for item in client.list_artifacts(run_id, path):
-                out += artifacts(run_id, item.path) if item.is_dir else [item.path]
-            return out
-        champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
-        print(json.dumps({{
-            "runs": sorted([names[r.info.run_id], names.get(r.data.tags.get("mlflow.parentRunId")),
-                            r.info.status, r.info.start_time, sorted(r.data.params.items()),
-                            sorted(r.data.metrics.items()), sorted(artifacts(r.info.run_id))]
-                           for r in runs),
-            "champion_run": names[champion.run_id],
-            "champion_tags": sorted(k for k in champion.tags if not k.startswith("migration.")),
-            "model_files": sorted(p.name for p in pathlib.Path(mlflow.artifacts.download_artifacts(
-                f"models:/{{MODEL_NAME}}@champion", dst_path=tempfile.mkdtemp())).iterdir()),
-        }}, default=str))
-    """.format(package=team_project.options["package_name"])
-    before = team_project.python_json(textwrap.dedent(snapshot), env=local)
+    code = REGISTER_LATEST_AS_CHAMPION.format(package=team_project.options["package_name"])
+    team_project.python_json(textwrap.dedent(code), env=local)
+    return local
+
+
+@contextlib.contextmanager
+def missing_file_in(folder_uri: str):
+    """A file of the local store that cannot be read (a link to nothing), until the block ends."""
+    planted = Path(folder_uri.removeprefix("file://")) / "cut-here.txt"
+    planted.symlink_to("/nonexistent/file")
+    try:
+        yield
+    finally:
+        planted.unlink()
+
+
+def test_local_sqlite_history_moves_to_the_server_and_a_cut_move_is_finished(
+    team_project, auth_server, local_history
+):
+    """`tracking-server migrate`: a local store's run tree, logged models, versions and aliases,
+    read back from the server (one with auth on, so the copy goes through the credentials).
+    A file of the source that cannot be read cuts the move twice, inside a run and then inside
+    the champion's logged model: each time the command fails naming what it was copying; run
+    again once the file is fixed, it finishes each partial copy and copies nothing twice."""
+    package = team_project.options["package_name"]
+    history = textwrap.dedent(HISTORY.format(package=package))
+    before = team_project.python_json(history, env=local_history)
+    folders = LOCAL_FOLDERS.format(package=package, run_name="02_data_preparation")
+    folders = team_project.python_json(textwrap.dedent(folders), env=local_history)
     creds = {"MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
-    target = auth_server.client_env(**creds)
-    started = time.monotonic()
-    done = team_project.cli(
-        "tracking-server", "migrate", env={**local, **creds, "MLFLOW_TRACKING_URI": auth_server.url}
-    )
-    print(f"\nmigrated in {time.monotonic() - started:.1f} s:\n{done.stdout}")
-    assert "aliases champion@1" in done.stdout
-    after = team_project.python_json(textwrap.dedent(snapshot), env=target)
-    assert before["runs"] and after == before, "the same runs, tree, metrics, params and artifacts"
-    again = team_project.cli(
-        "tracking-server", "migrate", env={**local, **creds, "MLFLOW_TRACKING_URI": auth_server.url}
-    )
+    env = {**local_history, **creds, "MLFLOW_TRACKING_URI": auth_server.url}
+
+    def migrate(check: bool = True):
+        started = time.monotonic()
+        done = team_project.cli("tracking-server", "migrate", env=env, check=check)
+        print(f"\nmigrate ({time.monotonic() - started:.1f} s):\n{done.stdout}{done.stderr[-600:]}")
+        return done
+
+    with missing_file_in(folders["model"]):
+        with missing_file_in(folders["run"]):
+            cut = migrate(check=False)
+        assert cut.returncode == 1
+        assert "the migration stopped while copying run 02_data_preparation" in cut.stderr
+        assert "run it again: it finishes the cut copy and copies nothing twice" in cut.stderr
+        cut = migrate(check=False)
+        assert cut.returncode == 1
+        assert "(finished a cut copy)" in cut.stdout
+        assert "the migration stopped while copying logged model" in cut.stderr
+    done = migrate()
+    assert "(0 copied now" in done.stdout and "aliases champion@1" in done.stdout
+    after = team_project.python_json(history, env=auth_server.client_env(**creds))
+    assert before["runs"] and after == before, "each run, model and version once, whole"
+    again = migrate()
     assert "(0 copied now" in again.stdout, "a second migration copies nothing twice"
     assert "version 1 ->" not in again.stdout and "aliases champion@1" in again.stdout
 

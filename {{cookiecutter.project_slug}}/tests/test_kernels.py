@@ -94,3 +94,17 @@ def test_a_failing_cell_still_fails_in_a_warm_kernel(tmp_path):
                 notebook, tmp_path / "out.ipynb", kernel_name=KERNEL, km=manager, progress_bar=False
             )
         kernels.release(manager)
+
+
+def test_only_the_guard_watches_the_parent(tmp_path):
+    # ipykernel's parent poller ends the kernel alone when the parent dies, racing kernel_guard,
+    # which ends the kernel's whole group: the race left 03's joblib workers running.
+    notebook = write_notebook(
+        tmp_path / "01_poller.ipynb",
+        "from ipykernel.kernelapp import IPKernelApp\nprint(IPKernelApp.instance().poller is None)",
+    )
+    executed = papermill.execute_notebook(
+        notebook, tmp_path / "out.ipynb", kernel_name=KERNEL, progress_bar=False,
+        extra_arguments=KERNEL_ARGUMENTS,
+    )  # fmt: skip
+    assert executed.cells[-1].outputs[0]["text"].strip() == "True"

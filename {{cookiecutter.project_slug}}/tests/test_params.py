@@ -1,6 +1,7 @@
 """params.yaml, overrides and the notebooks' typed parameters cells."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,52 @@ def test_project_notebooks_match_params_yaml():
     notebooks = sorted((PROJECT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     declared = {nb: P.read_notebook_params(nb) for nb in notebooks}
     assert P.drift(tree, declared) == []
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    """The review's attack: 600 bytes of nested aliases became a 3.1 MB parameters cell."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 12)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\ndata:\n  path: *a11\n")
+    with pytest.raises(P.ParamsError, match=r"line 2: YAML aliases \(`\*a0`\) are refused"):
+        P.load_yaml(bomb)
+    with pytest.raises(P.ParamsError, match="aliases"):
+        P.resolve(BASE, sets=["data.path=*a0"])
+
+
+def test_a_huge_parameters_file_is_refused_unread(tmp_path):
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("data:\n  path: " + "x" * (P.MAX_FILE_BYTES + 1) + "\n")
+    with pytest.raises(P.ParamsError, match="a parameters file may hold"):
+        P.load_yaml(huge)
+
+
+def test_a_huge_value_is_refused_and_never_shown_whole():
+    with pytest.raises(P.ParamsError, match="holds more than") as refused:
+        P.resolve(BASE, sets=["data.path=" + "y" * (P.MAX_VALUE_CHARS + 1)])
+    assert len(str(refused.value)) < 300
+    assert len(P.shown(list(range(10**6)), 500)) <= 500
+
+
+@pytest.mark.parametrize(
+    ("setting", "must_be"),
+    [
+        ("data.test_size=-0.2", "strictly between 0 and 1"),
+        ("data.test_size=1.5", "strictly between 0 and 1"),
+        ("modelling.cv_folds=1", "at least 2"),
+        ("modelling.n_jobs=0", "-1 (every core)"),
+        ("monitoring.alpha=2", "between 0 and 1"),
+        ("data.seed=.inf", "a finite number"),
+    ],
+)
+def test_ranges_known_up_front_are_checked_before_anything_runs(setting, must_be):
+    base = {**BASE, "modelling": {"cv_folds": 5, "n_jobs": -1}, "monitoring": {"alpha": 0.05}}
+    with pytest.raises(P.ParamsError, match=re.escape(must_be)):
+        P.resolve(base, sets=[setting])
+
+
+def test_a_retrain_shift_below_the_warn_shift_is_refused():
+    base = {**BASE, "monitoring": {"psi_warn": 0.1, "psi_retrain": 0.25}}
+    with pytest.raises(P.ParamsError, match="major shift must be at least a moderate one"):
+        P.resolve(base, sets=["monitoring.psi_retrain=0.05"])

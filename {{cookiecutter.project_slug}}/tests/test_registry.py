@@ -1,30 +1,39 @@
 """The registry: registering versions, champion or challenger, and rollback, on a temporary store."""
 
+import json
 import math
 import shutil
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import skops.io
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 
 from {{ cookiecutter.package_name }} import tracking
+from {{ cookiecutter.package_name }}.recovery import DECISION_TAG, PENDING, REGISTERED_BY_TAG
 from {{ cookiecutter.package_name }}.registry import (
     CHALLENGER,
     CHAMPION,
+    HISTORY_TAG,
     RegistryError,
     champion_history,
     decide,
     describe,
+    keep,
     promote,
+    reconciled_history,
     register,
     registry_overview,
     rollback,
     score_version,
     version_by_alias,
 )
+from {{ cookiecutter.package_name }}.serving.export import seal
+from {{ cookiecutter.package_name }}.serving.integrity import RECORD_TAG, IntegrityError
 
 NAME = tracking.MODEL_NAME
 
@@ -52,26 +61,50 @@ def data():
 
 
 def log_model(model, X, y) -> str:
+    """As 03_modelling logs a model: in skops format, with its integrity record."""
+    fitted = model.fit(X, y)
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(
-            model.fit(X, y), name="model", pip_requirements=["scikit-learn"]
-        )
-    return info.model_uri
+            fitted, name="model", pip_requirements=["scikit-learn"],
+            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(fitted)),
+        )  # fmt: skip
+    return info.model_uri, seal(info.model_uri, fitted, X)
 
 
 def new_version(client, data, model=None) -> str:
     X, y = data
-    uri = log_model(model or LogisticRegression(), X, y)
-    return str(register(client, uri, {"candidate": "linear"}, "a card").version)
+    uri, record = log_model(model or LogisticRegression(), X, y)
+    return str(register(client, uri, record, {"candidate": "linear"}, "a card", "run-5").version)
 
 
-def test_a_new_version_is_the_challenger_with_tags_and_description(client, data):
+def test_a_new_version_is_pending_with_its_record_and_moves_no_alias(client, data):
     version = new_version(client, data)
     registered = client.get_model_version(NAME, version)
     assert registered.tags["candidate"] == "linear"
+    assert registered.tags[DECISION_TAG] == PENDING and registered.tags[REGISTERED_BY_TAG] == "run-5"
+    assert json.loads(registered.tags[RECORD_TAG])["files"]["model.skops"]
     assert registered.description == "a card"
-    assert str(version_by_alias(client, CHALLENGER).version) == version
+    assert version_by_alias(client, CHALLENGER) is None
     assert version_by_alias(client, CHAMPION) is None
+
+
+def test_a_model_changed_since_it_was_logged_is_not_registered(client, data):
+    X, y = data
+    uri, record = log_model(LogisticRegression(), X, y)
+    stored = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+    target = client.get_logged_model(uri.removeprefix("models:/")).artifact_location[7:]
+    (Path(target) / "input_example.json").write_text("[]")  # a file the record never saw
+    with pytest.raises(IntegrityError, match="input_example.json: present but not recorded"):
+        register(client, uri, record, {}, "a card", "run-5")
+    assert stored and client.search_model_versions(f"name='{NAME}'") == []
+
+
+def test_a_version_kept_becomes_the_challenger(client, data):
+    first, second = (new_version(client, data) for _ in range(2))
+    promote(client, first, "first")
+    keep(client, second)
+    assert str(version_by_alias(client, CHALLENGER).version) == second
+    assert str(version_by_alias(client, CHAMPION).version) == first
 
 
 def test_a_long_card_is_shortened_with_a_pointer_to_the_full_one():
@@ -151,6 +184,57 @@ def test_a_champion_set_by_hand_joins_the_history(client, data):
     promote(client, first, "first")
     client.set_registered_model_alias(NAME, CHAMPION, second)  # e.g. in the MLflow UI
     assert rollback().to_version == first
+
+
+class CrashBeforeTheAliasMoves(RuntimeError):
+    pass
+
+
+def crash_between_history_and_alias(monkeypatch, client):
+    """The client dies when it would move the champion alias: the history is written already."""
+
+    def crash(name, alias, version):
+        raise CrashBeforeTheAliasMoves(f"killed before {alias} moved to {version}")
+
+    monkeypatch.setattr(client, "set_registered_model_alias", crash)
+
+
+def test_a_promotion_cut_before_the_alias_moved_never_counts(client, data, monkeypatch):
+    first, second = (new_version(client, data) for _ in range(2))
+    promote(client, first, "first")
+    with monkeypatch.context() as patched:
+        crash_between_history_and_alias(patched, client)
+        with pytest.raises(CrashBeforeTheAliasMoves):
+            promote(client, second, "better")
+    assert champion_history(client) == [first, second], "the history was written first"
+    history, current = reconciled_history(client)
+    assert (history, str(current.version)) == ([first], first)
+    with pytest.raises(RegistryError, match="no previous champion"):
+        rollback(client=client)  # never to `second`, which never held the alias
+
+
+def test_a_rollback_cut_before_the_alias_moved_can_be_run_again(client, data, monkeypatch):
+    """The review's crash: champion_history written, the alias not moved, and `rollback` then
+    moved *forward*, to a version that never was champion."""
+    first, second, third = (new_version(client, data) for _ in range(3))
+    promote(client, first, "first")
+    promote(client, third, "better")
+    with monkeypatch.context() as patched:
+        crash_between_history_and_alias(patched, client)
+        with pytest.raises(CrashBeforeTheAliasMoves):
+            rollback(client=client)
+    move = rollback(client=client)
+    assert (move.from_version, move.to_version) == (third, first)
+    assert second not in champion_history(client)
+
+
+def test_a_history_naming_a_move_that_never_happened_is_cut_back(client, data):
+    first, second = (new_version(client, data) for _ in range(2))
+    promote(client, first, "first")
+    client.set_registered_model_tag(NAME, HISTORY_TAG, json.dumps([first, second]))
+    assert reconciled_history(client)[0] == [first]
+    client.delete_registered_model_alias(NAME, CHAMPION)
+    assert reconciled_history(client) == ([], None), "no champion: nothing on record is certain"
 
 
 def test_rollback_without_a_champion_says_so(client):

@@ -6,12 +6,21 @@ flavour in skops format; the app must answer as MLflow's own pyfunc does, refuse
 with a JSON 4xx naming the problem, and keep answering afterwards.
 """
 
+import errno
+import http.client
+import itertools
 import json
+import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +34,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from {{ cookiecutter.package_name }}.serving import bundle as bundle_files
+from {{ cookiecutter.package_name }}.serving import predlog
 from {{ cookiecutter.package_name }}.serving.app import Settings, create_app
+from {{ cookiecutter.package_name }}.serving.integrity import Record
 from {{ cookiecutter.package_name }}.serving.model import ModelLoadError
 
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -86,7 +97,8 @@ def saved(tmp_path_factory, task):
         input_example=X.head(3), pip_requirements=["scikit-learn"], metadata={"task": task},
         skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
     )  # fmt: skip
-    bundle_files.write_manifest(bundle, PROVENANCE, model_card="# Test model\nFor tests only.")
+    record = Record.of(bundle / bundle_files.MODEL_DIR, PROVENANCE["name"])
+    bundle_files.write_manifest(bundle, PROVENANCE, record, "# Test model\nFor tests only.")
     return bundle, X, model
 
 
@@ -124,7 +136,7 @@ def test_ping_and_health_answer_once_loaded(client):
         assert client.get(path).status_code == 200
 
 
-def test_version_and_metadata_come_from_the_manifest(client, task):
+def test_version_and_metadata_come_from_the_manifest(client, saved, task):
     version = client.get("/version").json()
     assert version["model_name"] == "test-model" and version["model_version"] == "7"
     metadata = client.get("/metadata").json()
@@ -133,7 +145,8 @@ def test_version_and_metadata_come_from_the_manifest(client, task):
     assert metadata["model_card"].startswith("# Test model")
     assert [c["name"] for c in metadata["signature"]] == ["size", "weight", "count", "colour"]
     assert {c["type"] for c in metadata["signature"]} == {"double", "long", "string"}
-    assert set(metadata["files"]) >= {"model/MLmodel", "model/model.skops"}
+    assert set(metadata["files"]) >= {"MLmodel", "model.skops"} and metadata["signed"] is False
+    assert str(saved[0]) not in json.dumps(metadata), "no local path is shown"
 
 
 @pytest.mark.parametrize(
@@ -389,6 +402,50 @@ def test_typed_predict_refuses_rows_off_the_signature(client, rows, named):
     assert named in answer.json()["message"]
 
 
+CSV_TYPE = {"Content-Type": "text/csv"}
+INFINITE = {  # (path, key of the rows or "csv", how the weight is written)
+    "JSON Infinity": ("/invocations", "inputs", "Infinity"),
+    "JSON -Infinity": ("/invocations", "dataframe_records", "-Infinity"),
+    "JSON 1e309": ("/invocations", "instances", "1e309"),
+    "/predict Infinity": ("/predict", "rows", "Infinity"),
+    "/predict -1e309": ("/predict", "rows", "-1e309"),
+    "CSV inf": ("/invocations", "csv", "inf"),
+    "CSV -Infinity": ("/invocations", "csv", "-Infinity"),
+}
+
+
+def rows_with_weight(key: str, weight: str) -> str:
+    """A body of two rows, the second with `weight` written as given (JSON or CSV)."""
+    if key == "csv":
+        return f"size,weight,count,colour\n10,50,3,red\n10,{weight},3,red\n"
+    row = json.dumps(ROW)
+    changed = row.replace('"weight": 50.0', f'"weight": {weight}')
+    return "{" + f'"{key}": [{row}, {changed}]' + "}"
+
+
+@pytest.mark.parametrize("case", INFINITE, ids=list(INFINITE))
+def test_infinity_is_refused_naming_the_column_and_row(client, case):
+    """Python's parsers take Infinity, 1e309 and inf; a model cannot use them."""
+    path, key, weight = INFINITE[case]
+    headers = CSV_TYPE if key == "csv" else JSON_TYPE
+    answer = client.post(path, content=rows_with_weight(key, weight), headers=headers)
+    assert (answer.status_code, answer.json()["error_code"]) == (400, "INVALID_VALUE"), answer.text
+    assert (answer.json()["column"], answer.json()["row"]) == ("weight", 1)
+    assert "column 'weight'" in answer.json()["message"] and "finite" in answer.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "weight"),
+    [("/invocations", "inputs", "NaN"), ("/predict", "rows", "NaN"), ("/invocations", "csv", "nan"),
+     ("/invocations", "csv", "")],
+    ids=["JSON NaN", "/predict NaN", "CSV nan", "CSV empty"],
+)  # fmt: skip
+def test_nan_in_a_number_column_is_still_a_missing_value(client, path, key, weight):
+    headers = CSV_TYPE if key == "csv" else JSON_TYPE
+    answer = client.post(path, content=rows_with_weight(key, weight), headers=headers)
+    assert answer.status_code == 200, answer.text
+
+
 def test_oversized_body_is_refused_before_parsing(saved):
     with TestClient(create_app(saved[0], Settings(max_body_bytes=200))) as small:
         answer = small.post("/invocations", content=b"x" * 201, headers=JSON_TYPE)
@@ -443,7 +500,7 @@ def copy_of(saved, tmp_path):
 def test_a_changed_model_file_refuses_to_start(copy_of):
     skops_file = copy_of / "model" / "model.skops"
     skops_file.write_bytes(skops_file.read_bytes() + b"\0")
-    with pytest.raises(bundle_files.IntegrityError, match=r"model/model.skops: SHA-256"):
+    with pytest.raises(bundle_files.IntegrityError, match=r"model.skops: SHA-256"):
         create_app(copy_of, Settings())
 
 
@@ -468,7 +525,7 @@ def test_the_server_process_exits_nonzero_on_a_tampered_bundle(copy_of):
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 3
-    assert "integrity check" in done.stderr and "model/MLmodel" in done.stderr
+    assert "integrity record" in done.stderr and "MLmodel: SHA-256" in done.stderr
 
 
 def test_a_model_trusting_foreign_types_is_refused(copy_of):
@@ -476,7 +533,8 @@ def test_a_model_trusting_foreign_types_is_refused(copy_of):
     mlmodel.write_text(
         mlmodel.read_text().replace("skops_trusted_types:", "skops_trusted_types:\n    - os.system")
     )
-    bundle_files.write_manifest(copy_of, PROVENANCE)  # even with a matching manifest
+    record = Record.of(copy_of / bundle_files.MODEL_DIR, PROVENANCE["name"])
+    bundle_files.write_manifest(copy_of, PROVENANCE, record)  # even with a matching manifest
     with pytest.raises(ModelLoadError, match=r"os\.system"):
         create_app(copy_of, Settings())
 
@@ -498,6 +556,7 @@ def test_export_bundle_takes_the_champion_with_its_provenance(saved, tmp_path, t
     import mlflow
 
     from {{ cookiecutter.package_name }}.serving import export
+    from {{ cookiecutter.package_name }}.serving.integrity import RECORD_TAG
     from {{ cookiecutter.package_name }}.tracking import MODEL_NAME, client
 
     _, X, model = saved
@@ -507,7 +566,9 @@ def test_export_bundle_takes_the_champion_with_its_provenance(saved, tmp_path, t
             model, name="model", input_example=X.head(2), pip_requirements=["scikit-learn"],
             skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
         )  # fmt: skip
-    version = mlflow.register_model(info.model_uri, MODEL_NAME, tags={"data_digest": "abc"})
+    record = export.seal(info.model_uri, model, X)
+    tags = {"data_digest": "abc", RECORD_TAG: record.to_json()}
+    version = mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
     registry.set_model_version_tag(MODEL_NAME, version.version, "model_card", "# Card")
     with pytest.raises(export.RegistryError, match="champion"):
         export.export_bundle()
@@ -543,16 +604,17 @@ def test_prediction_log_is_off_by_default(client, tmp_path):
     assert client.app.state.prediction_log is None
 
 
-def test_prediction_log_lines_appear_without_waiting_for_shutdown(saved, tmp_path):
+def logged(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_an_answered_request_is_already_in_the_log(saved, tmp_path):
     path = tmp_path / "predictions.jsonl"
-    app = create_app(saved[0], Settings(prediction_log=str(path)))
-    with TestClient(app) as logged:
-        logged.post("/invocations", json={"inputs": [ROW]})
-        deadline = time.monotonic() + 5
-        while not path.read_text():
-            assert time.monotonic() < deadline, "the line is still in a buffer"
-            time.sleep(0.01)
-        assert json.loads(path.read_text())["inputs"] == ROW
+    with TestClient(create_app(saved[0], Settings(prediction_log=str(path)))) as served:
+        answer = served.post("/invocations", json={"inputs": [ROW]}, headers={"X-Request-Id": "a1"})
+        assert answer.status_code == 200
+        (line,) = logged(path)  # read at once: no writer left behind to wait for
+    assert line["request_id"] == "a1" and line["inputs"] == ROW
 
 
 def test_prediction_log_writes_bounded_json_lines(saved, tmp_path):
@@ -560,19 +622,185 @@ def test_prediction_log_writes_bounded_json_lines(saved, tmp_path):
     settings = Settings(
         prediction_log=str(path), prediction_log_max_bytes=4000, prediction_log_backups=1
     )
-    app = create_app(saved[0], settings)
-    with TestClient(app) as logged:
+    with TestClient(create_app(saved[0], settings)) as served:
         for _ in range(30):
-            assert logged.post("/invocations", json={"inputs": [ROW, ROW]}).status_code == 200
-        app.state.prediction_log.flush()
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    line = lines[-1]
+            assert served.post("/invocations", json={"inputs": [ROW, ROW]}).status_code == 200
+    line = logged(path)[-1]
     assert line["inputs"] == ROW and line["model_version"] == "7" and "prediction" in line
     assert {"timestamp", "latency_ms", "request_id", "endpoint", "model_name"} <= set(line)
     backup = path.with_name("predictions.jsonl.1")
     assert backup.exists()  # rotated once full
     assert path.stat().st_size <= 4000 and backup.stat().st_size <= 4000
     assert not path.with_name("predictions.jsonl.2").exists()
+    assert len(logged(path)) + len(logged(backup)) >= 2 * 10, "whole requests in each file"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(bundle, env: dict, port: int) -> subprocess.Popen:
+    """`python -m <package>.serving` as its own process, once it answers /ping."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", f"{PACKAGE}.serving", "--bundle", str(bundle),
+         "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return server
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"the server did not start: {server.communicate()[1][-2000:]}")
+            time.sleep(0.1)
+
+
+def hammer(port: int, answered: list[str], stop: threading.Event, name: str) -> None:
+    """Keep sending 20-row requests, noting the id of each one answered 200, until stopped."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    body = json.dumps({"inputs": [ROW] * 20})
+    for i in itertools.count():
+        if stop.is_set():
+            return
+        request_id = f"{name}-{i}"
+        headers = {**JSON_TYPE, "X-Request-Id": request_id}
+        try:
+            connection.request("POST", "/invocations", body, headers)
+            answer = connection.getresponse()
+            answer.read()
+        except (OSError, http.client.HTTPException):  # the server is gone
+            return
+        if answer.status == 200:
+            answered.append(request_id)
+
+
+KILLS = 2  # per task; before the fix, 4 kills in 5 lost an answered request
+
+
+def test_an_answered_request_survives_a_kill_of_the_server(saved, tmp_path):
+    """SIGKILL under load, as soon as answers arrive: each answered id is in the log. Each
+    round restarts on the log the kill left, so a torn last line would join the next entry."""
+    path = tmp_path / "predictions.jsonl"
+    answered: list[str] = []
+    for kill in range(KILLS):
+        port = free_port()
+        server = start_server(saved[0], {"PREDICTION_LOG": str(path)}, port)
+        stop = threading.Event()
+        clients = [
+            threading.Thread(target=hammer, args=(port, answered, stop, f"k{kill}c{c}"))
+            for c in range(6)
+        ]
+        for client_thread in clients:
+            client_thread.start()
+        goal = len(answered) + 40
+        while len(answered) < goal and server.poll() is None:
+            time.sleep(0.001)
+        assert server.poll() is None, f"the server died: {server.communicate()[1][-2000:]}"
+        server.send_signal(signal.SIGKILL)
+        stop.set()
+        server.wait()
+        for client_thread in clients:
+            client_thread.join()
+    ids = {entry["request_id"] for entry in map(json.loads, whole_lines(path))}
+    missing = sorted(set(answered) - ids)
+    assert not missing, f"{len(missing)} of {len(answered)} answered requests not logged"
+
+
+def whole_lines(path) -> list[str]:
+    """The lines ending in a newline: a write the kill cut short is no entry (and was never
+    answered)."""
+    return path.read_text().splitlines()[: path.read_text().count("\n")]
+
+
+def test_a_torn_last_line_is_cut_when_the_log_opens_and_the_reader_counts_it(saved, tmp_path):
+    """A server killed mid-write leaves half a line; the next server cuts it, so its first entry
+    stands on its own line. The monitor reads every whole entry, and says what it skipped."""
+    from {{ cookiecutter.package_name }}.monitoring import current_batch, read_prediction_log
+
+    path = tmp_path / "predictions.jsonl"
+    with TestClient(create_app(saved[0], Settings(prediction_log=str(path)))) as served:
+        for i in range(3):
+            served.post("/invocations", json={"inputs": [ROW]}, headers={"X-Request-Id": f"r{i}"})
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole.splitlines(keepends=True)[-1][:40])  # a kill mid-write
+    torn = read_prediction_log(str(path), "7")
+    assert torn["request_id"].tolist() == ["r0", "r1", "r2"] and torn.attrs["skipped_lines"] == 1
+    assert "1 unreadable line(s) skipped" in current_batch("", str(path), "7")[1]
+
+    app = create_app(saved[0], Settings(prediction_log=str(path)))
+    assert app.state.prediction_log.repaired_bytes == 40
+    with TestClient(app) as served:
+        served.post("/invocations", json={"inputs": [ROW]}, headers={"X-Request-Id": "after"})
+    batch = read_prediction_log(str(path), "7")
+    assert batch["request_id"].tolist() == ["r0", "r1", "r2", "after"]
+    assert batch.attrs["skipped_lines"] == 0
+    assert current_batch("", str(path), "7")[1] == f"prediction log {path}"
+
+
+def test_a_request_too_large_for_the_log_is_logged_in_part_with_its_row_count(saved, tmp_path):
+    from {{ cookiecutter.package_name }}.monitoring import current_batch, read_prediction_log
+
+    path = tmp_path / "predictions.jsonl"
+    settings = Settings(prediction_log=str(path), prediction_log_max_bytes=4000)
+    with TestClient(create_app(saved[0], settings)) as served:
+        big = {"inputs": [ROW] * 100}
+        assert served.post("/invocations", json=big, headers={"X-Request-Id": "big"}).is_success
+        metrics = served.get("/metrics").text
+    lines = logged(path)
+    *rows, summary = lines
+    assert 0 < len(rows) < 100 and all(line["inputs"] == ROW for line in rows)
+    assert summary["request_id"] == "big" and "inputs" not in summary
+    assert (summary["rows"], summary["rows_logged"]) == (100, len(rows))
+    assert path.stat().st_size <= 4000
+    assert f"serving_prediction_log_rows_left_out_total {100.0 - len(rows)}" in metrics
+    batch = read_prediction_log(str(path), "7")
+    assert len(batch) == len(rows) and batch.attrs["rows_left_out"] == 100 - len(rows)
+    source = current_batch("", str(path), "7")[1]
+    assert f"{100 - len(rows)} row(s) of requests too large to log left out" in source
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full to fill (Linux only)")
+def test_a_log_that_cannot_be_written_refuses_the_request(saved):
+    """A 2xx means logged: on a full disk the answer is a 503 saying so, and the server lives."""
+    app = create_app(saved[0], Settings(prediction_log="/dev/full"))  # every write: ENOSPC
+    with TestClient(app) as served:
+        for path, body in (("/invocations", {"inputs": [ROW]}), ("/predict", {"rows": [ROW]})):
+            answer = served.post(path, json=body)
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error_code"] == "PREDICTION_LOG_UNAVAILABLE"
+            assert "No space left on device" in answer.json()["message"]
+        assert "serving_prediction_log_failures_total 2.0" in served.get("/metrics").text
+        assert served.get("/ping").status_code == 200
+
+
+def test_a_write_cut_short_leaves_no_partial_line(tmp_path):
+    """The file-size limit stops a write part way, as a filling disk does: the part is cut back,
+    and once there is room again the next entry starts on a line of its own."""
+    resource = pytest.importorskip("resource")
+    path = tmp_path / "predictions.jsonl"
+    log = predlog.PredictionLog(path, "m", "1", max_bytes=1_000_000)
+    entry = predlog.Entry(time.time(), "r", "/predict", 1.0, {"x": [1.0]}, ["yes"], None)
+    log.record(entry)
+    before = path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 10, hard))
+        with pytest.raises(predlog.PredictionLogError) as refused:
+            log.record(entry)
+        assert refused.value.errno == errno.EFBIG
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert path.read_bytes() == before
+    log.record(entry)
+    log.close()
+    assert [line["request_id"] for line in logged(path)] == ["r", "r"]
 
 
 def test_metrics_count_requests_errors_and_predictions(saved, task):
@@ -591,35 +819,70 @@ def test_metrics_count_requests_errors_and_predictions(saved, task):
     assert 'serving_model_info{git_commit="abc123"' in text
 
 
-# --- fuzzing the OpenAPI schema: whatever the schema allows, never a 5xx ----------------------------
+# --- fuzzing the OpenAPI schema: the published schema is what the server enforces ------------------
 # (Each operation is driven with `as_strategy`: schemathesis 4.32's pytest fixture loader
 # `schemathesis.pytest.from_fixture` fails on pytest 9.2, which dropped `Node._nodeid`.)
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings
+from schemathesis.generation import GenerationMode
+
+CHECKS = [getattr(schemathesis.checks, name) for name in schemathesis.checks.CHECKS.get_all_names()]
+MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
+
+
+def beyond_json_schema(case) -> bool:
+    """An /invocations body whose validity JSON Schema cannot state: CSV text, dataframe_split's
+    rows (typed by the column named at the same position), lists per column (of equal lengths).
+    The server refuses such a body when it breaks the signature; only there is that right."""
+    if case.path != "/invocations":
+        return False
+    body = case.body
+    if not isinstance(body, dict) or "dataframe_split" in body:
+        return True
+    lists = [body.get(key) for key in ("instances", "inputs")]
+    return any(isinstance(c, dict) and any(isinstance(v, list) for v in c.values()) for c in lists)
+
+
+def for_each(strategy, check) -> None:
+    @given(case=strategy)
+    @settings(
+        max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    def run(case):
+        check(case)
+
+    run()
 
 
 def test_fuzzed_requests_get_answers_the_schema_documents(saved):
-    """Schema-conformant and -violating requests alike: no 5xx, and every answer's status and body
-    is one the OpenAPI document declares. Bounded: 40 examples per operation.
-
-    /invocations documents MLflow's loose protocol (any CSV text, any `dataframe_split` rows), so a
-    body its schema allows may still break the signature: there, refusing it is right.
-    """
-    loose = [schemathesis.checks.positive_data_acceptance]
+    """Schemathesis's examples, coverage and fuzzing phases, valid and invalid requests, all its
+    checks: no 5xx; every status, body and header is one the OpenAPI document declares; what it
+    allows is answered (bar `beyond_json_schema`) and what it forbids is refused. Bounded: 40
+    fuzzed examples per operation and mode."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(saved[0], Settings()))
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {f"{o.method.upper()} {o.path}" for o in operations} >= {
         "POST /invocations",
         "POST /predict",
     }
+
+    def validate(case):
+        skip = [schemathesis.checks.positive_data_acceptance] if beyond_json_schema(case) else []
+        case.call_and_validate(checks=CHECKS, excluded_checks=skip)
+
+    examples = 0
     for operation in operations:
-
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-        )
-        def fuzz(case):
-            case.call_and_validate(excluded_checks=loose if case.path == "/invocations" else [])
-
-        fuzz()
+        for strategy in schema.get_strategies_from_examples(operation):
+            for_each(strategy, validate)
+            examples += 1
+        coverage = schema.config.generation_for(operation=operation, phase="coverage")
+        for case in schema.iter_coverage_cases(
+            operation, generation_modes=MODES, generation_config=coverage
+        ):
+            validate(case)
+        for mode in MODES:
+            if mode is GenerationMode.NEGATIVE and operation.method == "get":
+                continue  # nothing to break: no parameters, no body
+            for_each(operation.as_strategy(generation_mode=mode), validate)
+    assert examples, "the /invocations example is run"

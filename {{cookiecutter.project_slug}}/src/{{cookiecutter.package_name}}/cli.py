@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--all", action="store_true", help="also delete the local MLflow store")
     ui = commands.add_parser("ui", help="open the MLflow UI on this project's store")
     ui.add_argument("--port", type=int, default=5000)
+    commands.add_parser(
+        "doctor", help="mark runs a killed pipeline left RUNNING; settle half-done registrations"
+    )
     rollback = commands.add_parser("rollback", help="move the champion alias to the previous champion")
     rollback.add_argument("--to", metavar="VERSION", help="move it to this model version instead")
 
@@ -246,6 +249,17 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return tasks.become(*command)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from . import recovery, tracking
+
+    if problem := tracking.server_problem():
+        return _fail(RuntimeError(problem))
+    repairs = recovery.repair()
+    for line in repairs.lines():
+        print(line)
+    return 0
+
+
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from . import registry
 
@@ -260,10 +274,12 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serving import export
     from .serving.__main__ import run
+    from .serving.integrity import IntegrityError
+    from .serving.model import ModelLoadError
 
     try:
         bundle, manifest = export.export_bundle(args.version)
-    except export.RegistryError as error:
+    except (export.RegistryError, IntegrityError, ModelLoadError) as error:
         return _fail(error)
     model = manifest["model"]
     print(f"Serving {model['name']} version {model['version']} from {bundle}")
@@ -273,6 +289,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_image(args: argparse.Namespace) -> int:
     from .serving import export, image
+    from .serving.integrity import IntegrityError
+    from .serving.model import ModelLoadError
 
     try:
         if args.no_build:
@@ -285,7 +303,7 @@ def _cmd_image(args: argparse.Namespace) -> int:
             print(f"Image {built.tag} ({built.size_bytes / 1e6:.0f} MB); tag recorded")
             return 0
         tag = image.build_and_verify(args.version, base_image=args.base_image)
-    except (export.RegistryError, image.ImageError) as error:
+    except (export.RegistryError, image.ImageError, IntegrityError, ModelLoadError) as error:
         return _fail(error)
     if tag is None:
         return 1

@@ -4,11 +4,11 @@
 __all__ = ['VERDICTS', 'EXIT_CODES', 'VERDICT_FILE', 'LOG_FIELDS', 'READERS', 'SETS', 'CATEGORICAL_MAX_DISTINCT', 'EMPTY_SHARE',
            'PREDICTION', 'SHIFT_LEVELS', 'DRIFT_COLUMNS', 'MonitoringError', 'monitored_version', 'Reference',
            'reference_sets', 'download_sets', 'digest_matches', 'read_table', 'log_files', 'read_prediction_log',
-           'current_batch', 'attach_labels', 'check_batch', 'is_numeric', 'is_categorical', 'shares', 'psi',
-           'quantile_edges', 'binned_counts', 'numeric_drift', 'category_labels', 'categorical_drift', 'column_drift',
-           'drift_table', 'prediction_drift', 'adjust_p_values', 'classify_shifts', 'labelled_performance', 'Finding',
-           'Verdict', 'drift_findings', 'performance_findings', 'plot_overlays', 'log_verdict', 'link_to_version',
-           'write_verdict', 'read_verdict', 'shifted_batch', 'write_shifted_batch']
+           'log_entry', 'log_notes', 'current_batch', 'attach_labels', 'check_batch', 'is_numeric', 'is_categorical',
+           'shares', 'psi', 'quantile_edges', 'binned_counts', 'numeric_drift', 'category_labels', 'categorical_drift',
+           'column_drift', 'drift_table', 'prediction_drift', 'adjust_p_values', 'classify_shifts',
+           'labelled_performance', 'Finding', 'Verdict', 'drift_findings', 'performance_findings', 'plot_overlays',
+           'log_verdict', 'link_to_version', 'write_verdict', 'read_verdict', 'shifted_batch', 'write_shifted_batch']
 
 # %% ../../notebooks/06_monitoring.ipynb #c349f6c5
 import json
@@ -147,7 +147,13 @@ def log_files(path: Path) -> list[Path]:
 
 
 def read_prediction_log(path: str, version: str) -> pd.DataFrame:
-    """The rows `version` predicted, from the serving prediction log: inputs and LOG_FIELDS."""
+    """The rows `version` predicted, from the serving prediction log: inputs and LOG_FIELDS.
+
+    What the log could not give is counted in the frame's `attrs`: `skipped_lines`, lines that are
+    no whole entry (one a killed server left unfinished, one damaged by hand), and `rows_left_out`,
+    rows of this version's requests too large for the log, which logged their first rows and a
+    line counting all of them.
+    """
     file = resolve_path(path)
     files = log_files(file)
     if not files:
@@ -155,25 +161,55 @@ def read_prediction_log(path: str, version: str) -> pd.DataFrame:
             f"no prediction log at {file}: serve with it on (`PREDICTION_LOG={path} make serve`) "
             "and send traffic, or set monitoring.current_path to a CSV or Parquet batch"
         )
-    rows, versions = [], set()
+    rows, versions, skipped, left_out = [], set(), 0, 0
     for part in files:
-        for line in part.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short when the server stopped
-            if not isinstance(entry, dict) or not isinstance(entry.get("inputs"), dict):
+        for line in part.read_text(encoding="utf-8", errors="replace").splitlines():
+            entry = log_entry(line)
+            if entry is None:
+                skipped += bool(line.strip())
                 continue
             versions.add(str(entry.get("model_version")))
-            if str(entry.get("model_version")) == str(version):
+            if str(entry.get("model_version")) != str(version):
+                continue
+            if "inputs" in entry:
                 rows.append({**entry["inputs"], **{k: entry.get(k) for k in LOG_FIELDS}})
+            else:
+                left_out += entry["rows"] - entry["rows_logged"]
     if not rows:
         held = ", ".join(sorted(versions)) or "none"
         raise MonitoringError(
             f"the prediction log {file} holds no rows predicted by version {version} (versions "
             f"in it: {held}): send that version traffic, or set monitoring.model_version"
         )
-    return pd.DataFrame(rows)
+    batch = pd.DataFrame(rows)
+    batch.attrs.update(skipped_lines=skipped, rows_left_out=left_out)
+    return batch
+
+
+def log_entry(line: str) -> dict | None:
+    """A log line as a row's entry or a too-large request's summary; None for anything else."""
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(entry, dict):
+        return None
+    if isinstance(entry.get("inputs"), dict):
+        return entry
+    counts = (entry.get("rows"), entry.get("rows_logged"))
+    if all(type(n) is int for n in counts) and 0 <= counts[1] <= counts[0]:
+        return entry
+    return None
+
+
+def log_notes(batch: pd.DataFrame) -> str:
+    """What reading the log left out, said where the batch's source is printed."""
+    notes = []
+    if skipped := batch.attrs.get("skipped_lines"):
+        notes.append(f"{skipped} unreadable line(s) skipped")
+    if left_out := batch.attrs.get("rows_left_out"):
+        notes.append(f"{left_out} row(s) of requests too large to log left out")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def current_batch(
@@ -183,7 +219,7 @@ def current_batch(
     if current_path:
         return read_table(current_path, "monitoring.current_path"), current_path, []
     batch = read_prediction_log(prediction_log, version)
-    return batch, f"prediction log {prediction_log}", list(LOG_FIELDS)
+    return batch, f"prediction log {prediction_log}{log_notes(batch)}", list(LOG_FIELDS)
 
 
 def attach_labels(batch: pd.DataFrame, labels_path: str, id_column: str, target: str):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import math
 import re
-from collections.abc import Iterable
+import reprlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +32,23 @@ class ParamsError(ValueError):
     """Parameters that cannot run: each problem names the key, the notebook and the fix."""
 
 
+MAX_FILE_BYTES = 1_000_000  # a parameters file larger than this is refused before it is parsed
+MAX_VALUE_CHARS = 10_000  # a single setting larger than this (as JSON) is refused
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-3` as a string; this loader reads it as the float everyone means."""
+    """YAML 1.1 reads `1e-3` as a string; this loader reads it as the float everyone means. It
+    refuses aliases (`*name`): a few hundred bytes of nested aliases expand to gigabytes (a
+    "billion laughs"), and parameters never need them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ParamsError(
+                f"{self.name}, line {event.start_mark.line + 1}: YAML aliases (`*{event.anchor}`) "
+                "are refused in parameters; write the values out"
+            )
+        return super().compose_node(parent, index)
 
 
 _Loader.add_implicit_resolver(
@@ -42,9 +59,14 @@ _Loader.add_implicit_resolver(
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
+    path = Path(path)
     try:
-        tree = yaml.load(Path(path).read_text(), Loader=_Loader)  # a SafeLoader subclass
-    except FileNotFoundError:
+        if (size := path.stat().st_size) > MAX_FILE_BYTES:
+            raise ParamsError(
+                f"{path} holds {size:,} bytes; a parameters file may hold {MAX_FILE_BYTES:,}"
+            )
+        tree = _parse(path.read_text(), str(path))
+    except (FileNotFoundError, IsADirectoryError):
         raise ParamsError(f"parameters file not found: {path}") from None
     except yaml.YAMLError as error:
         raise ParamsError(f"{path} is not valid YAML: {error}") from None
@@ -53,12 +75,91 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return tree
 
 
+def _parse(text: str, name: str) -> Any:
+    loader = _Loader(text)
+    loader.name = name  # named in the alias refusal
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def parse_value(text: str) -> Any:
     """A `--set` value as YAML: `5` is an int, `[a, b]` a list, `null` None, `abc` a string."""
     try:
-        return yaml.load(text, Loader=_Loader)
+        return _parse(text, "--set")
     except yaml.YAMLError:
         return text
+
+
+def shown(value: Any, limit: int = 200) -> str:
+    """A value as text for a log or a message, cut to `limit` characters: reprlib stops early, so a
+    huge value is never turned into a huge string first."""
+    if isinstance(value, str):
+        return value[:limit]
+    bounded = reprlib.Repr()
+    bounded.maxstring = bounded.maxother = limit
+    bounded.maxlist = bounded.maxdict = bounded.maxtuple = bounded.maxset = 50
+    return bounded.repr(value)[:limit]
+
+
+def _share(v: float) -> bool:
+    return 0 <= v <= 1
+
+
+# What a setting must be, where that can be known before anything runs: (test, what it must be).
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "data.test_size": (lambda v: 0 < v < 1, "a share strictly between 0 and 1, e.g. 0.2"),
+    "data.sample_rows": (lambda v: v >= 0, "0 (every row) or a number of rows"),
+    "data.max_missing_share": (_share, "a share between 0 and 1"),
+    "data.min_rows_per_class": (lambda v: v >= 1, "at least 1"),
+    "modelling.cv_folds": (lambda v: v >= 2, "at least 2 cross-validation folds"),
+    "modelling.n_iter": (lambda v: v >= 1, "at least 1 setting per candidate"),
+    "modelling.n_jobs": (lambda v: v == -1 or v >= 1, "-1 (every core) or a number of fits"),
+    "evaluation.baseline_margin": (lambda v: v >= 0, "0 or more, in the metric's units"),
+    "evaluation.max_generalization_gap": (lambda v: v >= 0, "0 or more, in the metric's units"),
+    "monitoring.alpha": (lambda v: 0 < v < 1, "a false discovery rate between 0 and 1, e.g. 0.05"),
+    "monitoring.psi_warn": (lambda v: v >= 0, "0 or more"),
+    "monitoring.psi_retrain": (lambda v: v >= 0, "0 or more"),
+    "monitoring.retrain_share": (_share, "a share between 0 and 1"),
+    "monitoring.max_unseen_share": (_share, "a share between 0 and 1"),
+    "monitoring.max_missing_increase": (_share, "a share between 0 and 1"),
+    "monitoring.max_metric_drop": (lambda v: v >= 0, "0 or more, in the metric's units"),
+    "monitoring.min_rows": (lambda v: v >= 1, "at least 1"),
+    "monitoring.bins": (lambda v: v >= 2, "at least 2 bins"),
+}
+
+
+def value_problems(tree: dict[str, Any]) -> list[str]:
+    """Settings too large, not finite, or outside what they can be; one sentence each."""
+    problems = []
+    for key, value in leaves(tree).items():
+        if len(json.dumps(value, default=str)) > MAX_VALUE_CHARS:
+            problems.append(
+                f"`{key}` holds more than {MAX_VALUE_CHARS:,} characters: {shown(value, 80)}"
+            )
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"`{key}` = {value}: use a finite number")
+        elif key in RANGES and _number(value) and not RANGES[key][0](value):
+            problems.append(f"`{key}` = {value!r}: it must be {RANGES[key][1]}")
+    warn, retrain = (get_dotted_or_none(tree, f"monitoring.psi_{k}") for k in ("warn", "retrain"))
+    if _number(warn) and _number(retrain) and retrain < warn:
+        problems.append(
+            f"`monitoring.psi_retrain` ({retrain}) is below `monitoring.psi_warn` ({warn}): a "
+            "major shift must be at least a moderate one"
+        )
+    return problems
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def get_dotted_or_none(tree: dict[str, Any], key: str) -> Any:
+    try:
+        return get_dotted(tree, key)
+    except (KeyError, TypeError):
+        return None
 
 
 def dotted_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -185,6 +286,8 @@ def resolve(
         key = key.strip()
         _apply(tree, base, key, parse_value(text), source=f"--set {item}")
         raw_sets[key] = text
+    if problems := value_problems(tree):
+        raise ParamsError("\n".join(problems))
     return tree, raw_sets
 
 

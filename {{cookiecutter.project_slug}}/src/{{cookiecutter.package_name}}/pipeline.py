@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,14 +29,21 @@ import papermill
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from . import params as P
-from . import tracking
+from . import recovery, tracking
 from .kernels import WarmKernels
-from .project import HANDOFF, RUN_DIR_ENV, latest_handoff, project_root
+from .project import FINISHED, HANDOFF, RUN_DIR_ENV, RUNNER_PID_ENV, latest_handoff, project_root
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 KERNEL = "python3"  # the interpreter running this command, so notebooks see the same packages
-# Quiet the kernel's start-up warning about TCP on loopback; errors still show.
-KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+KERNEL_ARGUMENTS = [
+    # Quiet the kernel's start-up warning about TCP on loopback; errors still show.
+    "--IPKernelApp.log_level=ERROR",
+    # The kernel (and its joblib workers) die with this process, however it ends (kernel_guard.py).
+    f"--IPKernelApp.exec_lines=from {__package__}.kernel_guard import watch_parent as _w; _w(); del _w",
+    # ...and only the guard watches the parent: ipykernel's own poller would race it and end the
+    # kernel alone (os._exit), orphaning its workers. It skips parent 1, which never goes away.
+    "--IPKernelApp.parent_handle=1",
+]
 PARENT_RUN_ENV = "PIPELINE_PARENT_RUN_ID"
 RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 ON_DEMAND = ("06_monitoring",)  # run by their own command, never by the pipeline
@@ -127,17 +136,23 @@ def plan(
 
 
 def run(the_plan: Plan, echo=print) -> Outcome:
-    """Execute the plan; raises PipelineError when a notebook fails (its runs marked FAILED).
+    """Execute the plan; raises PipelineError when a notebook fails (its runs marked FAILED), and
+    KeyboardInterrupt on Ctrl+C or SIGTERM (its runs marked KILLED, its kernels and their workers
+    killed). Runs that an earlier pipeline, killed outright, left RUNNING are marked first.
 
     A tracking server that does not answer stops the run before it starts; one lost during the run
     stops it at the next MLflow call with a PipelineError that says so (the runs then stay RUNNING
-    on the server: nothing can mark them), instead of MLflow's retries and traceback.
+    on the server until a later pipeline or `doctor` marks them), instead of MLflow's retries and
+    traceback.
     """
     if problem := tracking.server_problem():
         raise PipelineError(f"Nothing was run: {problem}")
+    _report_repairs(recovery.repair(), echo)
     retries = os.environ.get(RETRIES_ENV)
+    os.environ[RUNNER_PID_ENV] = str(os.getpid())  # the kernels watch it (kernel_guard.py)
     try:
-        return _run_tree(the_plan, echo)
+        with _sigterm_as_interrupt():
+            return _run_tree(the_plan, echo)
     except Exception as error:
         if (problem := tracking.server_problem()) is None:
             raise
@@ -147,14 +162,49 @@ def run(the_plan: Plan, echo=print) -> Outcome:
             f"The pipeline stopped: {problem}\n"
             f"  What failed: {first_line[:500]}\n"
             "  What was logged before that is on the server; this run and the notebook it was in "
-            "could not be marked FAILED and show as RUNNING there. Run the pipeline again once the "
-            "server answers."
+            "could not be marked FAILED and show as RUNNING there until a later pipeline, or "
+            "`doctor`, marks them. Run the pipeline again once the server answers."
         ) from None
     finally:
         if retries is None:
             os.environ.pop(RETRIES_ENV, None)
         else:
             os.environ[RETRIES_ENV] = retries
+
+
+def _report_repairs(repairs: recovery.Repairs, echo) -> None:
+    if repairs.killed or repairs.settled:
+        echo("Finished what an earlier, killed run left behind:")
+        for line in repairs.lines():
+            echo(f"  {line}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler or CI stopping the job) ends the run as Ctrl+C does: cleanly, its runs
+    marked KILLED, instead of the process vanishing and leaving them RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum: int, frame) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _end_tree(experiment_id: str, run_id: str, error: BaseException) -> None:
+    """Mark the run and every run under it that is still RUNNING (a candidate run the killed
+    kernel left open, say): KILLED when interrupted, FAILED otherwise."""
+    status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    if tracking.server_problem() is None:
+        recovery.mark_tree(mlflow.MlflowClient(), experiment_id, run_id, status)
+    with contextlib.suppress(Exception):  # the server may be gone: nothing more can be recorded
+        mlflow.end_run(status)
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
@@ -171,11 +221,13 @@ def _run_tree(the_plan: Plan, echo=print) -> Outcome:
         kernels.prepare(notebooks[0])  # it boots while the parent run is set up
         experiment_id = tracking.configure()
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        tags = {**tracking.git_tags(), "smoke": str(the_plan.smoke).lower(), "kind": "pipeline"}
-        with mlflow.start_run(
+        tags = {**tracking.git_tags(), **tracking.owner_tags()}
+        tags |= {"smoke": str(the_plan.smoke).lower(), "kind": "pipeline"}
+        parent = mlflow.start_run(
             experiment_id=experiment_id, run_name=f"pipeline-{stamp}", tags=tags
-        ) as parent:
-            run_id = parent.info.run_id
+        )
+        run_id = parent.info.run_id
+        try:
             run_dir = project_root() / "runs" / f"{stamp}-{run_id[:8]}"
             run_dir.mkdir(parents=True, exist_ok=True)
             _continue_from_latest(the_plan, run_dir, echo)
@@ -190,6 +242,11 @@ def _run_tree(the_plan: Plan, echo=print) -> Outcome:
                 executed = _run_notebook(notebook, values, run_dir, parent, tags, kernels)
                 outcome.executed.append(executed)
                 echo(f"done in {time.perf_counter() - began:.1f} s")
+        except BaseException as error:
+            _end_tree(experiment_id, run_id, error)
+            raise
+        mlflow.end_run("FINISHED")
+        (run_dir / FINISHED).write_text(f"{run_id}\n")  # its handoff may be continued from
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -207,7 +264,7 @@ def _continue_from_latest(the_plan: Plan, run_dir: Path, echo) -> None:
 def _log_context(the_plan: Plan, run_dir: Path) -> None:
     """What makes the run reproducible: the parameters, the packages and where the outputs are."""
     settings = P.leaves({k: v for k, v in the_plan.tree.items() if k not in P.RUNNER_SECTIONS})
-    mlflow.log_params({key: str(value)[:500] for key, value in settings.items()})
+    mlflow.log_params({key: P.shown(value, 500) for key, value in settings.items()})
     mlflow.log_dict(the_plan.tree, "params.yaml")
     mlflow.log_text(tracking.environment_lines(), "environment.txt")
     mlflow.set_tags({f"version.{k}": v for k, v in tracking.package_versions().items()})
@@ -220,13 +277,19 @@ def run_on_demand(the_plan: Plan, kind: str) -> Outcome:
     (notebook,) = the_plan.notebooks
     if problem := tracking.server_problem():
         raise PipelineError(f"Nothing was run: {problem}")
+    _report_repairs(recovery.repair(), print)
+    with _sigterm_as_interrupt():
+        return _run_on_demand(notebook, the_plan, kind)
+
+
+def _run_on_demand(notebook: Path, the_plan: Plan, kind: str) -> Outcome:
     started = time.perf_counter()
     experiment_id = tracking.configure()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     client = mlflow.MlflowClient()
     run = client.create_run(
         experiment_id,
-        tags={**tracking.git_tags(), MLFLOW_RUN_NAME: f"{kind}-{stamp}",
+        tags={**tracking.git_tags(), **tracking.owner_tags(), MLFLOW_RUN_NAME: f"{kind}-{stamp}",
               "notebook": notebook.name, "kind": kind},
     )  # fmt: skip
     run_id = run.info.run_id

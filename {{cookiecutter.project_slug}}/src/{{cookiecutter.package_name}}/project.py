@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 PROJECT_NAME = "{{ cookiecutter.project_slug }}"
 RUN_DIR_ENV = "PIPELINE_RUN_DIR"  # set by the pipeline runner for the notebooks it executes
+RUNNER_PID_ENV = "PIPELINE_RUNNER_PID"  # the runner's process id, for the kernels it starts
+FAILPOINT_ENV = "PIPELINE_FAILPOINT"  # tests only: where to crash on purpose (see `failpoint`)
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -34,6 +37,7 @@ def run_dir() -> Path:
 
 
 HANDOFF = "handoff.json"
+FINISHED = "FINISHED"  # written into a run folder once every notebook of the run has succeeded
 
 
 def _handoff_file() -> Path:
@@ -41,9 +45,14 @@ def _handoff_file() -> Path:
 
 
 def latest_handoff(exclude: Path | None = None) -> Path | None:
-    """The newest pipeline run's handoff file (run folders are named by start time)."""
+    """The newest finished pipeline run's handoff file (run folders are named by start time). A
+    failed or killed run's handoff lacks what its later notebooks would have added: never used."""
     runs = project_root() / "runs"
-    found = sorted(p for p in runs.glob(f"*/{HANDOFF}") if p.parent != exclude and p.parent.name != "interactive")
+    found = sorted(
+        p
+        for p in runs.glob(f"*/{HANDOFF}")
+        if p.parent != exclude and (p.parent / FINISHED).is_file()
+    )
     return found[-1] if found else None
 
 
@@ -70,3 +79,16 @@ def handed_on(key: str, producer: str) -> Any:
             f"Run {producer} first (or the whole pipeline)."
         )
     return known[key]
+
+
+def failpoint(name: str) -> None:
+    """A crash on purpose, for the tests of what a crash leaves behind (tests/test_recovery.py and
+    the slow lane): when PIPELINE_FAILPOINT is `name`, this process is killed here, as a power cut
+    would; when it is `name:pipeline`, the pipeline runner that started this kernel goes first.
+    Unset, as it always is outside those tests, this does nothing."""
+    point, _, whom = os.environ.get(FAILPOINT_ENV, "").partition(":")
+    if point != name:
+        return
+    if whom == "pipeline" and (runner := os.environ.get(RUNNER_PID_ENV)):
+        os.kill(int(runner), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)

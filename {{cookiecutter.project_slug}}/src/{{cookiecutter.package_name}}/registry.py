@@ -3,13 +3,16 @@
 # %% auto #0
 __all__ = ['CHAMPION', 'CHALLENGER', 'HISTORY_TAG', 'HISTORY_LENGTH', 'DESCRIPTION_LIMIT', 'CARD_TAG_LIMIT', 'HEADLINE_METRICS',
            'RegistryError', 'version_by_alias', 'version_tags', 'describe', 'register', 'Decision', 'score_version',
-           'decide', 'Move', 'champion_history', 'promote', 'rollback', 'registry_overview']
+           'decide', 'Move', 'champion_history', 'reconciled_history', 'write_history', 'promote', 'keep', 'rollback',
+           'registry_overview']
 
 # %% ../../notebooks/05_deployment.ipynb #691142d8
 import json
 import math
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -19,6 +22,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .evaluation import metric_value, positive_label, predict
+from .project import failpoint
+from .recovery import DECISION_TAG, PENDING, REGISTERED_BY_TAG
+from .serving.export import download_verified, load_version
+from .serving.integrity import RECORD_TAG, Record
 from .tracking import MODEL_NAME
 from .tracking import client as tracking_client
 from .use_case import METRICS
@@ -102,14 +109,26 @@ def describe(card: str, evaluation_run_id: str) -> str:
 def register(
     client: MlflowClient,
     model_uri: str,
+    record: Record,
     tags: dict[str, str],
     description: str,
+    run_id: str,
     name: str = MODEL_NAME,
 ) -> ModelVersion:
-    """A new version of `name` from `model_uri`, with tags and description, as the challenger."""
-    registered = mlflow.register_model(model_uri, name, tags=tags)
+    """A new version of `name` from `model_uri`, once its files match the record 03 made, carrying
+    that record. It is `pending` and moves no alias: `promote` or `keep` decides, and a run killed
+    before that leaves every alias where it was (`doctor` settles the version)."""
+    with tempfile.TemporaryDirectory() as folder:
+        download_verified(model_uri, record, Path(folder) / "model")
+    sealed = {
+        **tags,
+        RECORD_TAG: record.to_json(),
+        DECISION_TAG: PENDING,
+        REGISTERED_BY_TAG: run_id,
+    }
+    registered = mlflow.register_model(model_uri, name, tags=sealed)
     client.update_model_version(name, registered.version, description=description)
-    client.set_registered_model_alias(name, CHALLENGER, registered.version)
+    failpoint("registered")
     return client.get_model_version(name, registered.version)
 
 # %% ../../notebooks/05_deployment.ipynb #d5e9f1f7
@@ -144,7 +163,7 @@ def score_version(
     positive_class: str,
 ) -> float:
     """A registered version's `metric` on (X, y), computed as 04 computes it."""
-    model = mlflow.sklearn.load_model(f"models:/{version.name}/{version.version}")
+    model = load_version(version)  # checked against its integrity record first
     preds = predict(model, X, y, task)
     positive = positive_label(preds.classes, positive_class) if task == "classification" else None
     return metric_value(metric, preds, positive)
@@ -217,12 +236,32 @@ def champion_history(client: MlflowClient, name: str = MODEL_NAME) -> list[str]:
         return []  # edited by hand beyond reading: start afresh
 
 
-def _history_with_current(client: MlflowClient, name: str) -> tuple[list[str], ModelVersion | None]:
+def reconciled_history(
+    client: MlflowClient, name: str = MODEL_NAME
+) -> tuple[list[str], ModelVersion | None]:
+    """The history, made to end with the version that holds the alias now, and that version.
+
+    A move writes the history before it moves the alias, so a crash between the two leaves a
+    history that ends with a move that never happened: everything after the current champion's
+    last entry is dropped. A champion the history lacks (set by hand) is appended. Without a
+    champion, nothing on record was ever reached for certain: the history starts afresh."""
     history = champion_history(client, name)
     current = version_by_alias(client, CHAMPION, name)
-    if current is not None and (not history or history[-1] != str(current.version)):
-        history.append(str(current.version))  # moved by hand: take it into the record
+    if current is None:
+        return [], None
+    now = str(current.version)
+    if now in history:
+        del history[len(history) - history[::-1].index(now) :]
+    else:
+        history.append(now)
     return history, current
+
+
+def write_history(client: MlflowClient, name: str = MODEL_NAME) -> list[str]:
+    """Store the reconciled history (after a crash, or an alias moved by hand)."""
+    history, _ = reconciled_history(client, name)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-HISTORY_LENGTH:]))
+    return history
 
 
 def _exists(client: MlflowClient, name: str, version: str) -> bool:
@@ -236,22 +275,28 @@ def _exists(client: MlflowClient, name: str, version: str) -> bool:
 def _move_champion(
     client: MlflowClient, name: str, version: str, history: list[str], reason: str
 ) -> None:
+    """History first, then the alias: see `reconciled_history` for what a crash between leaves."""
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-HISTORY_LENGTH:]))
+    failpoint("history-written")
     client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "champion_since", _now())
     client.set_model_version_tag(name, version, "champion_reason", reason[:500])
 
 
 def promote(client: MlflowClient, version: str, reason: str, name: str = MODEL_NAME) -> Move:
-    """Give `version` the champion alias, recording the move; it stops being the challenger."""
-    history, current = _history_with_current(client, name)
+    """Give `version` the champion alias, recording the move; no version is the challenger then."""
+    history, current = reconciled_history(client, name)
     version = str(version)
     history.append(version)
     _move_champion(client, name, version, history, reason)
-    challenger = version_by_alias(client, CHALLENGER, name)
-    if challenger is not None and str(challenger.version) == version:
+    if version_by_alias(client, CHALLENGER, name) is not None:
         client.delete_registered_model_alias(name, CHALLENGER)
     return Move(name, None if current is None else str(current.version), version, reason)
+
+
+def keep(client: MlflowClient, version: str, name: str = MODEL_NAME) -> None:
+    """The champion stays; `version` becomes the challenger."""
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
 
 
 def rollback(
@@ -259,7 +304,7 @@ def rollback(
 ) -> Move:
     """Move `champion` back to the previous champion, or to version `to`."""
     client = client or tracking_client()
-    history, current = _history_with_current(client, name)
+    history, current = reconciled_history(client, name)
     if current is None:
         raise RegistryError(
             f"model {name!r} has no champion, so there is nothing to roll back; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import urllib.error
 import urllib.parse
@@ -13,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 import mlflow
+import psutil
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -27,6 +29,7 @@ DEFAULT_TRACKING_URI = "{{ cookiecutter.tracking_server_uri }}"
 # None: a SQLite store in the project (see local_tracking_uri); MLFLOW_TRACKING_URI overrides it.
 DEFAULT_TRACKING_URI = None
 {%- endif %}
+OWNER_HOST, OWNER_PID, OWNER_STARTED = "process.host", "process.pid", "process.started"
 KEY_PACKAGES = ("mlflow", "scikit-learn", "pandas", "numpy", "papermill", "nbdev", "skops")
 
 
@@ -169,7 +172,18 @@ def start_phase_run(phase: str) -> mlflow.ActiveRun:
     # Taken out of the environment: MLflow would otherwise resume this run for every nested run.
     if run_id := os.environ.pop("MLFLOW_RUN_ID", None):
         return mlflow.start_run(run_id=run_id)
-    return mlflow.start_run(run_name=phase, tags=git_tags())
+    return mlflow.start_run(run_name=phase, tags={**git_tags(), **owner_tags()})
+
+
+def owner_tags(pid: int | None = None) -> dict[str, str]:
+    """The process a run belongs to (host, pid, start time): a run left RUNNING by a process that
+    is gone was killed, and `doctor` (or the next pipeline) marks it so (see recovery.py)."""
+    process = psutil.Process(pid)
+    return {
+        OWNER_HOST: socket.gethostname(),
+        OWNER_PID: str(process.pid),
+        OWNER_STARTED: f"{process.create_time():.2f}",  # tells a reused pid from the owner
+    }
 
 
 def git_tags() -> dict[str, str]:

@@ -19,7 +19,7 @@ def run(bundle: Path, host: str, port: int, access_log: bool = False) -> int:
     import uvicorn
 
     from .app import Settings, SettingsError, create_app
-    from .bundle import IntegrityError
+    from .integrity import IntegrityError
     from .model import ModelLoadError
 
     refusals = ((SettingsError, EXIT_SETTINGS), (IntegrityError, EXIT_INTEGRITY))

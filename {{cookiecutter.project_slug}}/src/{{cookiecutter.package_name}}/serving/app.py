@@ -39,7 +39,6 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     Info,
     PlatformCollector,
@@ -153,10 +152,16 @@ class Metrics:
                 "serving_prediction_value", "Distribution of predicted values",
                 buckets=buckets, registry=registry,
             )  # fmt: skip
-        self.log_dropped = Gauge(
-            "serving_prediction_log_dropped", "Prediction-log entries dropped (writer behind or too large)",
+        self.log_rows_left_out = Counter(
+            "serving_prediction_log_rows_left_out",
+            "Rows of requests too large for the prediction log (its summary lines count them)",
             registry=registry,
-        )  # fmt: skip
+        )
+        self.log_failures = Counter(
+            "serving_prediction_log_failures",
+            "Requests refused with 503 because the prediction log could not be written",
+            registry=registry,
+        )
         Info("serving_model", "The model being served", registry=registry).info(
             {
                 "name": provenance.name,
@@ -331,58 +336,11 @@ def _replay(body: bytes, receive):
 
 def _wants_probabilities(request: Request, params: dict) -> bool:
     raw = request.query_params.get("probabilities")
-    if raw is not None and raw.lower() not in ("true", "false", "1", "0"):
+    if raw not in (None, "true", "false"):  # as OpenAPI writes a boolean in a query
         raise RequestError(
             400, "INVALID_PARAMETER", "query parameter 'probabilities' must be true or false"
         )
-    return bool(params.get("probabilities")) or (raw or "").lower() in ("true", "1")
-
-
-def _invocations_openapi(columns) -> dict:
-    """The request body /docs shows for /invocations (the server checks more than this says)."""
-    row = {"$ref": "#/components/schemas/Row"}
-    example = {
-        "dataframe_split": {"columns": [c.name for c in columns], "data": [[None] * len(columns)]}
-    }
-    json_schema = {
-        "type": "object",
-        "description": "Exactly one of the four keys, as MLflow's scoring protocol defines them.",
-        "properties": {
-            "dataframe_split": {
-                "type": "object",
-                "properties": {
-                    "columns": {"type": "array", "items": {"type": "string"}},
-                    "data": {"type": "array", "items": {"type": "array"}},
-                },
-                "required": ["columns", "data"],
-            },
-            "dataframe_records": {"type": "array", "items": row, "minItems": 1},
-            "instances": {"type": "array", "items": row, "minItems": 1},
-            "inputs": {"type": "array", "items": row, "minItems": 1},
-            "params": {"type": "object", "properties": {"probabilities": {"type": "boolean"}}},
-        },
-        "minProperties": 1,
-        "maxProperties": 2,
-        "additionalProperties": False,
-    }
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                JSON: {"schema": json_schema, "example": example},
-                "text/csv": {"schema": {"type": "string"}},
-            },
-        },
-        "parameters": [
-            {
-                "name": "probabilities",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "boolean"},
-                "description": "classifiers: add per-class probabilities to the answer",
-            }
-        ],
-    }
+    return bool(params.get("probabilities")) or raw == "true"
 
 
 ERRORS = {
@@ -393,6 +351,7 @@ ERRORS = {
         413: "body larger than MAX_BODY_BYTES",
         415: "unsupported Content-Type",
         422: "a row that does not match the signature (/predict)",
+        503: "the prediction log (PREDICTION_LOG) cannot be written, so nothing is answered",
     }.items()
 }
 
@@ -411,11 +370,15 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
             Path(settings.prediction_log), provenance.name, provenance.version,
             max_bytes=settings.prediction_log_max_bytes, backups=settings.prediction_log_backups,
         )  # fmt: skip
-        metrics.log_dropped.set_function(lambda: prediction_log.dropped)
     columns = model.columns
     classification = model.task == "classification"
     Row = schema.row_model(columns)
     PredictRequest = schema.request_model(Row)
+    InvocationsRow = schema.row_model(columns, "InvocationsRow", schema.INVOCATIONS_BOUNDS)
+    invocations_openapi = schema.invocations_openapi(
+        columns, f"#/components/schemas/{InvocationsRow.__name__}",
+        _example_row(model.input_example), classification,
+    )  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -424,6 +387,12 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
             provenance.name, provenance.version, provenance.run_id, model.task, len(columns),
             f"; prediction log {settings.prediction_log}" if prediction_log else "",
         )  # fmt: skip
+        if prediction_log and prediction_log.repaired_bytes:
+            log.warning(
+                "prediction log %s: cut its last line, %d bytes without a newline (a server "
+                "stopped in the middle of writing it)",
+                settings.prediction_log, prediction_log.repaired_bytes,
+            )  # fmt: skip
         yield
         if prediction_log:
             prediction_log.close()
@@ -478,20 +447,29 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
                 400, "PREDICTION_FAILED", f"the model could not predict these rows: {error}"
             ) from error
         seconds = time.perf_counter() - started
+        if prediction_log:  # before the answer exists: an answered request is a logged one
+            entry = predlog.Entry(
+                time.time(), request.state.request_id, endpoint, seconds * 1000, batch.values,
+                predictions, probas,
+            )  # fmt: skip
+            log_prediction(entry)
         metrics.observe_predictions(endpoint, predictions, seconds)
-        if prediction_log:
-            prediction_log.record(
-                predlog.Entry(
-                    time.time(),
-                    request.state.request_id,
-                    endpoint,
-                    seconds * 1000,
-                    batch.values,
-                    predictions,
-                    probas,
-                )
-            )
         return predictions, probas
+
+    def log_prediction(entry: predlog.Entry) -> None:
+        try:
+            metrics.log_rows_left_out.inc(prediction_log.record(entry))
+        except predlog.PredictionLogError as error:
+            metrics.log_failures.inc()
+            log.error(
+                "cannot write the prediction log %s (%s): request %s refused with 503",
+                error.filename, error.strerror, entry.request_id,
+            )  # fmt: skip
+            raise RequestError(
+                503, "PREDICTION_LOG_UNAVAILABLE",
+                f"the prediction log cannot be written ({error.strerror}) and every answer is "
+                "logged, so none was given; retry later (the server's own log says more)",
+            ) from error  # fmt: skip
 
     # The app exists only once the model is loaded and verified, and uvicorn accepts connections
     # only after that: a 200 here means the model answers.
@@ -522,7 +500,8 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
                     {"name": c.name, "type": c.type, "required": c.required} for c in columns
                 ],
                 "model_card": manifest.get("model_card"),
-                "files": manifest.get("files"),
+                "files": (manifest.get("record") or {}).get("files"),
+                "signed": bool((manifest.get("record") or {}).get("hmac")),
                 "bundle_created": manifest.get("created"),
             }
         )
@@ -534,8 +513,9 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/invocations",
         summary="MLflow scoring protocol (dataframe_split, dataframe_records, instances, inputs, CSV)",
-        openapi_extra=_invocations_openapi(columns),
-        responses=ERRORS,
+        openapi_extra=invocations_openapi,
+        response_model=None,
+        responses={200: {"model": schema.InvocationsResponse}, **ERRORS},
     )
     async def invocations(request: Request) -> Response:
         body = await request.body()
@@ -576,8 +556,24 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
             }
         )
 
+    def openapi() -> dict:
+        """FastAPI's document, plus the row schema only /invocations' hand-written body uses."""
+        if app.openapi_schema is None:
+            components = FastAPI.openapi(app)["components"]["schemas"]
+            components[InvocationsRow.__name__] = InvocationsRow.model_json_schema()
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.add_middleware(Gate, settings=settings, metrics=metrics)
     return app
+
+
+def _example_row(example: dict | None) -> dict | None:
+    """The first row of the model's input example in `dataframe_split` form, NaN as null."""
+    if not example or not example.get("data"):
+        return None
+    row = [None if isinstance(v, float) and not math.isfinite(v) else v for v in example["data"][0]]
+    return {"columns": example["columns"], "data": [row]}
 
 
 def _plain(value: Any) -> Any:

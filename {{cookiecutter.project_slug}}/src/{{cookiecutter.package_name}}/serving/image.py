@@ -39,6 +39,7 @@ RUNTIME_MODULES = (
     "__main__.py",
     "app.py",
     "bundle.py",
+    "integrity.py",
     "model.py",
     "predlog.py",
     "schema.py",

@@ -1,9 +1,12 @@
 """The model as the server sees it: signature from MLmodel, estimator from model.skops.
 
 MLflow's sklearn flavour writes `model.skops` and records in MLmodel the types skops must trust to
-load it (`skops_trusted_types`). We load with exactly those, never with pickle, and only when every
-trusted type lives in a namespace we accept (scikit-learn, NumPy, SciPy, pandas, this package):
-MLmodel travels with the model, so a crafted one could otherwise whitelist anything.
+load it (`skops_trusted_types`), beyond the scikit-learn estimators and containers skops trusts by
+itself. MLmodel travels with the model, so a crafted one could ask skops to trust `builtins.exec`
+or `pandas.read_pickle`, which skops would then call while loading. So we load only when every type
+MLmodel asks to trust is one of TRUSTED_TYPES: exactly the types this project's own pipelines hold
+(tests/test_serving.py proves every candidate fits), never a prefix, never pickle. Every path that
+loads a model goes through `load` (the server, evaluation, the registry and monitoring).
 """
 
 from __future__ import annotations
@@ -29,8 +32,27 @@ COLUMN_DTYPES = {
     "string": object,
     "datetime": "datetime64[ns]",
 }
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "pandas.", "builtins.", "collections.")
-EXTRA_TRUSTED_ENV = "SERVING_TRUSTED_TYPE_PREFIXES"  # comma-separated, e.g. "mylib.,otherlib."
+# The types, beyond skops' own trusted set, that a fitted pipeline of this project holds: the column
+# selectors' dtypes, and the trees of the forest and the gradient-boosting candidates.
+TRUSTED_TYPES = frozenset(
+    {
+        "numpy.dtype",
+        "sklearn.compose._column_transformer.make_column_selector",
+        "sklearn.tree._tree.Tree",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    }
+)
+# A team's own estimator or transformer class, by its exact name: "mylib.models.MyRegressor,...".
+EXTRA_TRUSTED_ENV = "SERVING_EXTRA_TRUSTED_TYPES"
+# Modules whose members can run code, read files or import others: never trusted, even when named.
+FORBIDDEN_MODULES = frozenset(
+    {
+        "builtins", "os", "posix", "nt", "sys", "subprocess", "importlib", "pickle", "marshal",
+        "shutil", "socket", "io", "pathlib", "runpy", "code", "codecs", "ctypes", "operator",
+        "functools", "pty", "webbrowser", "pandas", "pandas.io", "numpy.lib.npyio", "joblib",
+        "cloudpickle", "dill",
+    }
+)  # fmt: skip
 
 
 class ModelLoadError(RuntimeError):
@@ -129,40 +151,64 @@ def signature_columns(mlmodel: dict) -> list[Column]:
     return columns
 
 
+def extra_trusted_types(env: dict[str, str] | None = None) -> frozenset[str]:
+    """The exact class names EXTRA_TRUSTED_ENV adds; a name in a forbidden module is refused."""
+    raw = (os.environ if env is None else env).get(EXTRA_TRUSTED_ENV, "")
+    names = frozenset(name.strip() for name in raw.split(",") if name.strip())
+    forbidden = sorted(n for n in names if _in_forbidden_module(n))
+    if forbidden:
+        raise ModelLoadError(
+            f"{EXTRA_TRUSTED_ENV} names {forbidden}: members of these modules can run code or "
+            "read files while a model loads, so they are never trusted"
+        )
+    return names
+
+
+def _in_forbidden_module(name: str) -> bool:
+    module = name.rpartition(".")[0]
+    return any(module == m or module.startswith(f"{m}.") for m in FORBIDDEN_MODULES)
+
+
 def trusted_types(mlmodel: dict) -> list[str]:
-    """The skops trusted types MLmodel records, refused unless all are in accepted namespaces."""
+    """The skops trusted types MLmodel records, refused unless each is exactly a known type."""
     flavor = (mlmodel.get("flavors") or {}).get("sklearn") or {}
     if flavor.get("serialization_format") != "skops":
         raise ModelLoadError(
-            f"the model is saved as {flavor.get('serialization_format')!r}; this server loads only "
+            f"the model is saved as {flavor.get('serialization_format')!r}; this project loads only "
             "the safe 'skops' format (MLflow's default for scikit-learn), never pickle"
         )
-    types = list(flavor.get("skops_trusted_types") or [])
-    extra = tuple(p.strip() for p in os.environ.get(EXTRA_TRUSTED_ENV, "").split(",") if p.strip())
-    accepted = TRUSTED_PREFIXES + extra + (f"{__package__.split('.')[0]}.",)
-    if refused := [t for t in types if not t.startswith(accepted)]:
+    types = flavor.get("skops_trusted_types") or []
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise ModelLoadError("MLmodel's skops_trusted_types is not a list of type names")
+    if refused := sorted(set(types) - TRUSTED_TYPES - extra_trusted_types()):
         raise ModelLoadError(
-            f"MLmodel asks skops to trust {refused}, outside {list(accepted)}; if these are yours, "
-            f"add their module prefix to {EXTRA_TRUSTED_ENV}"
+            f"MLmodel asks skops to trust {refused}, which no pipeline of this project holds; "
+            "refusing to load it (a crafted MLmodel could run code this way). If it is a class of "
+            f"your own, name it exactly in {EXTRA_TRUSTED_ENV}"
         )
-    return types
+    return list(types)
 
 
-def load(model_dir: Path) -> ServedModel:
-    """Load a model folder exported from the registry (MLmodel + model.skops + input example)."""
+def load_estimator(model_dir: Path) -> tuple[Any, dict]:
+    """The estimator in model.skops, and MLmodel; only types this project's pipelines hold."""
     import skops.io  # here, not at import time: the app module stays cheap to import
 
     model_dir = Path(model_dir)
     mlmodel = read_mlmodel(model_dir)
-    columns = signature_columns(mlmodel)
     flavor = (mlmodel.get("flavors") or {}).get("sklearn") or {}
-    skops_file = model_dir / flavor.get("pickled_model", "model.skops")
+    skops_file = inside(model_dir, flavor.get("pickled_model", "model.skops"))
+    trusted = trusted_types(mlmodel)  # before any byte of model.skops is read
     try:
-        estimator = skops.io.load(skops_file, trusted=trusted_types(mlmodel))
-    except ModelLoadError:
-        raise
-    except Exception as error:  # skops raises several types; each means "cannot serve this"
+        return skops.io.load(skops_file, trusted=trusted), mlmodel
+    except Exception as error:  # skops raises several types; each means "cannot load this"
         raise ModelLoadError(f"skops could not load {skops_file}: {error}") from error
+
+
+def load(model_dir: Path) -> ServedModel:
+    """Load a model folder exported from the registry (MLmodel + model.skops + input example)."""
+    model_dir = Path(model_dir)
+    estimator, mlmodel = load_estimator(model_dir)
+    columns = signature_columns(mlmodel)
     classes = list(getattr(estimator, "classes_", []))
     declared = (mlmodel.get("metadata") or {}).get("task")
     task = declared or ("classification" if hasattr(estimator, "predict_proba") else "regression")
@@ -176,11 +222,19 @@ def load(model_dir: Path) -> ServedModel:
     )
 
 
+def inside(model_dir: Path, name: Any) -> Path:
+    """A file MLmodel names, refused unless it lies inside the model folder."""
+    path = (model_dir / str(name)).resolve()
+    if not path.is_relative_to(model_dir.resolve()):
+        raise ModelLoadError(f"MLmodel names {name!r}, outside the model folder")
+    return path
+
+
 def _input_example(model_dir: Path, mlmodel: dict) -> dict | None:
     """The logged input example in `dataframe_split` form, when MLflow saved one."""
     info = mlmodel.get("saved_input_example_info") or {}
-    path = model_dir / info.get("artifact_path", "input_example.json")
     try:
+        path = inside(model_dir, info.get("artifact_path", "input_example.json"))
         example = json.loads(path.read_text())
     except (OSError, ValueError):
         return None

@@ -5,24 +5,40 @@
      "inputs": {"column": value, ...}, "prediction": …, "probabilities": {"class": p, ...}}
 
 Read it with `pandas.read_json(path, lines=True)` (`pandas.json_normalize` flattens `inputs`).
-Requests only enqueue; a background thread formats and writes, so the event loop never waits on
-the disk. The file is bounded: past `max_bytes` it is rotated to `<file>.1` … `<file>.<backups>`
-(the oldest is dropped); with backups=0 it is truncated instead. If the writer falls behind by
-more than `max_pending` requests, new entries are dropped and counted, never queued without bound.
+
+An answered request is in the log: `record` hands a request's lines to the operating system
+(`os.write` on a file opened for appending) before the app answers, so they survive the server
+being killed right after (only the machine going down can lose what the OS has not yet put on
+disk). A write that fails (disk full, no permission) raises PredictionLogError and the app refuses
+the request rather than answer it unlogged; whatever part of it reached the file is cut, so the
+next entry starts on a line of its own. A last line without its newline (the server was killed in
+the middle of a write) is cut when the log opens: `repaired_bytes` says how much.
+
+The file is bounded: past `max_bytes` it is rotated to `<file>.1` … `<file>.<backups>` (the oldest
+is dropped); with backups=0 it is truncated instead. A request whose lines alone exceed `max_bytes`
+is logged in part: as many of its rows as fit, then a summary line without `inputs` that counts
+them (`"rows": 5000, "rows_logged": 1203`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import queue
+import os
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-_STOP = object()
+NEWLINE = b"\n"
+TAIL_CHUNK = 64 * 1024  # how far back each step looks for the last newline of a torn file
+
+
+class PredictionLogError(OSError):
+    """The log could not be written (`strerror` says why, `filename` where): the request must
+    not be answered as if it had been."""
 
 
 def _finite(value: Any) -> Any:
@@ -32,7 +48,7 @@ def _finite(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Entry:
-    """One request's worth of log lines, formatted later in the writer thread."""
+    """One request's worth of log lines."""
 
     timestamp: float
     request_id: str
@@ -45,59 +61,38 @@ class Entry:
 
 class PredictionLog:
     def __init__(
-        self, path: Path, model_name: str, model_version: str, max_bytes: int,
-        backups: int = 1, max_pending: int = 10_000,
-    ):  # fmt: skip
+        self, path: Path, model_name: str, model_version: str, max_bytes: int, backups: int = 1
+    ):
         self.path = Path(path)
         self.model_name, self.model_version = model_name, model_version
         self.max_bytes, self.backups = max(int(max_bytes), 1024), max(int(backups), 0)
-        self.dropped = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")  # fails now, not on the first request
-        self._size = self._file.tell()
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()  # one writer at a time, rotation included
+        self._fd = self._open()  # fails now, not on the first request
+        self.repaired_bytes = self._cut_torn_tail()
+        self._size = os.fstat(self._fd).st_size
 
-    def record(self, entry: Entry) -> None:
-        """Enqueue without blocking; a full queue drops the entry and counts it."""
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
-            self.dropped += 1
+    def record(self, entry: Entry) -> int:
+        """Write the entry's lines now; returns how many of its rows were left out (0 unless the
+        request alone is larger than `max_bytes`). PredictionLogError when nothing was logged."""
+        lines = self._lines(entry)
+        left_out = 0
+        if sum(map(len, lines)) > self.max_bytes:
+            kept = self._rows_that_fit(lines, entry)
+            left_out = len(lines) - len(kept)
+            lines = [*kept, _encode(self._summary(entry, len(lines), len(kept)))]
+        with self._lock:
+            self._append(b"".join(lines))
+        return left_out
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued, then stop the writer."""
-        if self._thread.is_alive():
-            self._queue.put(_STOP)
-            self._thread.join(timeout)
-        self._file.close()
+    def close(self) -> None:
+        with self._lock:
+            os.close(self._fd)
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait until everything queued so far is on disk (tests, shutdown)."""
-        done = threading.Event()
-        self._queue.put(done)
-        done.wait(timeout)
+    # --- lines ------------------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                self._file.flush()
-                return
-            if isinstance(item, threading.Event):
-                self._file.flush()
-                item.set()
-                continue
-            try:
-                self._write(self._lines(item))
-                if self._queue.empty():  # caught up: make the lines visible to readers now
-                    self._file.flush()
-            except (OSError, TypeError, ValueError):  # a log problem must not stop the server
-                self.dropped += 1
-
-    def _lines(self, entry: Entry) -> str:
-        common = {
+    def _common(self, entry: Entry) -> dict[str, Any]:
+        return {
             "timestamp": datetime.fromtimestamp(entry.timestamp, UTC).isoformat(
                 timespec="milliseconds"
             ),
@@ -107,6 +102,9 @@ class PredictionLog:
             "model_version": self.model_version,
             "latency_ms": round(entry.latency_ms, 3),
         }
+
+    def _lines(self, entry: Entry) -> list[bytes]:
+        common = self._common(entry)
         names = list(entry.values)
         rows = zip(*entry.values.values(), strict=True)
         lines = []
@@ -115,29 +113,86 @@ class PredictionLog:
             line = {**common, "inputs": inputs, "prediction": entry.predictions[i]}
             if entry.probabilities is not None:
                 line["probabilities"] = entry.probabilities[i]
-            lines.append(json.dumps(line, default=str, allow_nan=False) + "\n")
-        return "".join(lines)
+            lines.append(_encode(line))
+        return lines
 
-    def _write(self, text: str) -> None:
-        size = len(text.encode("utf-8"))
-        if size > self.max_bytes:  # one request larger than the whole log: not kept
-            self.dropped += 1
-            return
-        if self._size and self._size + size > self.max_bytes:
-            self._rotate()
-        self._file.write(text)
-        self._size += size
+    def _summary(self, entry: Entry, rows: int, logged: int) -> dict[str, Any]:
+        """The line closing a request too large for the log: how many of its rows are in it."""
+        return self._common(entry) | {"rows": rows, "rows_logged": logged}
+
+    def _rows_that_fit(self, lines: list[bytes], entry: Entry) -> list[bytes]:
+        """The first rows' lines that fit in one file beside the summary line."""
+        widest = len(lines)  # the summary with the longest counts it can hold
+        room = self.max_bytes - len(_encode(self._summary(entry, widest, widest)))
+        kept, used = [], 0
+        for line in lines:
+            used += len(line)
+            if used > room:
+                break
+            kept.append(line)
+        return kept
+
+    # --- the file ---------------------------------------------------------------------------------
+
+    def _open(self, truncate: bool = False) -> int:
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | (os.O_TRUNC if truncate else 0)
+        return os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+
+    def _append(self, data: bytes) -> None:
+        """`data` in the file (handed to the OS), or PredictionLogError and the file as before."""
+        try:
+            if self._size and self._size + len(data) > self.max_bytes:
+                self._rotate()
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+        except OSError as error:
+            self._cut_back()
+            raise PredictionLogError(error.errno, error.strerror, str(self.path)) from error
+        self._size += len(data)
+
+    def _cut_back(self) -> None:
+        """Drop a partly written entry; if even that fails, the next start cuts it."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._size)
 
     def _rotate(self) -> None:
-        self._file.close()
+        """Shift the backups and start an empty file; the old one stays open until then, so a
+        failure on the way leaves the log writable where it was."""
         if self.backups:
             for i in range(self.backups - 1, 0, -1):
                 older = self.path.with_name(f"{self.path.name}.{i}")
                 if older.exists():
                     older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        self._file = self.path.open("w", encoding="utf-8")
-        self._size = 0
+        fresh = self._open(truncate=not self.backups)
+        os.close(self._fd)
+        self._fd, self._size = fresh, 0
+
+    def _cut_torn_tail(self) -> int:
+        """Cut a last line left without its newline (a write the kill interrupted), so the next
+        entry does not join it; returns the number of bytes cut."""
+        size = end = os.fstat(self._fd).st_size
+        if not size or self._read(size - 1, 1) == NEWLINE:
+            return 0
+        keep = 0
+        while end > 0:
+            start = max(0, end - TAIL_CHUNK)
+            newline = self._read(start, end - start).rfind(NEWLINE)
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        os.ftruncate(self._fd, keep)
+        return size - keep
+
+    def _read(self, offset: int, size: int) -> bytes:
+        os.lseek(self._fd, offset, os.SEEK_SET)  # writes still append: O_APPEND ignores it
+        return os.read(self._fd, size)
+
+
+def _encode(line: dict) -> bytes:
+    return (json.dumps(line, default=str, allow_nan=False) + "\n").encode()
 
 
 def from_env(env: dict[str, str], model_name: str, model_version: str) -> PredictionLog | None:

@@ -9,7 +9,9 @@ Accepted bodies, as `mlflow models serve` accepts them (so MLflow clients work u
     text/csv with a header row
 
 plus an optional `"params": {"probabilities": true}`. Unlike MLflow, an unknown column is an error
-naming it (MLflow drops it silently), and so is an unknown top-level key or parameter.
+naming it (MLflow drops it silently), and so is an unknown top-level key or parameter, and an
+infinite number (JSON's `Infinity`, 1e309, CSV's `inf`: Python's parsers take them all); NaN and
+null are missing values.
 """
 
 from __future__ import annotations
@@ -43,14 +45,16 @@ ACCEPTED = {
     "datetime": {str, _NONE},
 }
 EXPECTED = {
-    "double": "a number or null",
-    "float": "a number or null",
+    "double": "a finite number or null",
+    "float": "a finite number or null",
     "long": "a 64-bit integer",
     "integer": "a 32-bit integer",
     "boolean": "true or false",
     "string": "a string or null",
     "datetime": "an ISO 8601 date-time string or null",
 }
+# The largest magnitude a value of each floating-point column type may have.
+LARGEST = {"double": float(np.finfo(np.float64).max), "float": float(np.finfo(np.float32).max)}
 
 
 class RequestError(Exception):
@@ -135,6 +139,8 @@ def _from_split(payload: Any) -> dict[str, list]:
         )
     if unknown := set(payload) - {"columns", "data", "index"}:
         raise malformed(f"unknown key(s) {sorted(unknown)} in 'dataframe_split'")
+    if not isinstance(payload.get("index", []), list):
+        raise malformed("'dataframe_split.index' must be a list (of row labels; it is ignored)")
     names, data = payload["columns"], payload.get("data")
     if not all(isinstance(name, str) for name in names):
         raise malformed("'dataframe_split.columns' must be a list of column names (strings)")
@@ -286,6 +292,8 @@ def _array(column: Column, values: list) -> np.ndarray:
         raise invalid_value(column.name, column.type, row, values[row])
     if float in kinds and column.type in ("long", "integer"):
         values = _integral(column, values)
+    if column.type in LARGEST:
+        return _floats(column, values)
     try:
         return np.array(values, dtype=column.dtype)
     except (OverflowError, ValueError, TypeError):
@@ -295,6 +303,27 @@ def _array(column: Column, values: list) -> np.ndarray:
             except (OverflowError, ValueError, TypeError):
                 raise invalid_value(column.name, column.type, row, value) from None
         raise
+
+
+def _floats(column: Column, values: list) -> np.ndarray:
+    """Numbers within the column type's range; infinity is no measurement (JSON's `Infinity`,
+    1e309, CSV's `inf`), while NaN and null stay what they are everywhere else: a missing value."""
+    try:
+        wide = np.array(values, dtype=np.float64)  # None becomes NaN
+    except OverflowError:  # an integer beyond any double, such as 10**400
+        wide = np.array([_float_or_inf(v) for v in values], dtype=np.float64)
+    beyond = np.flatnonzero(np.abs(wide) > LARGEST[column.type])  # NaN compares False
+    if beyond.size:
+        row = int(beyond[0])
+        raise invalid_value(column.name, column.type, row, values[row])
+    return wide.astype(column.dtype, copy=False)
+
+
+def _float_or_inf(value: Any) -> float:
+    try:
+        return math.nan if value is None else float(value)
+    except OverflowError:
+        return math.inf
 
 
 def _nan_as_missing(values: list) -> list:
@@ -325,21 +354,25 @@ _PYDANTIC = {
     "string": str,
     "datetime": datetime,
 }
-# 64-bit columns are documented within ±(2**53 - 1), the integers every JSON parser keeps exact
-# (RFC 7493); /invocations, like MLflow, takes the full int64 range.
-_BOUNDS = {"long": (-(2**53 - 1), 2**53 - 1), "integer": (-(2**31), 2**31 - 1)}
+# /predict documents and enforces 64-bit integer columns within ±(2**53 - 1), the integers every
+# JSON parser keeps exact (RFC 7493); /invocations, like MLflow, takes the full int64 range, and its
+# rows (InvocationsRow) say so.
+PREDICT_BOUNDS = {"long": (-(2**53 - 1), 2**53 - 1), "integer": (-(2**31), 2**31 - 1)}
+INVOCATIONS_BOUNDS = PREDICT_BOUNDS | {"long": (-(2**63), 2**63 - 1)}
 
 
-def row_model(columns: list[Column]) -> type[BaseModel]:
+def row_model(
+    columns: list[Column], name: str = "Row", bounds: dict = PREDICT_BOUNDS
+) -> type[BaseModel]:
     """One row of the signature as a pydantic model: JSON names are the column names (aliases)."""
     fields: dict[str, Any] = {}
     for i, column in enumerate(columns):
         annotation: Any = _PYDANTIC[column.type]
-        if column.type in _BOUNDS:
+        if column.type in bounds:
             annotation = Annotated[annotation, BeforeValidator(_json_integer)]
         if _NONE in ACCEPTED[column.type]:
             annotation = annotation | None
-        low, high = _BOUNDS.get(column.type, (None, None))
+        low, high = bounds.get(column.type, (None, None))
         fields[f"c{i}"] = (
             annotation,
             Field(
@@ -349,9 +382,18 @@ def row_model(columns: list[Column]) -> type[BaseModel]:
                 ge=low,
                 le=high,
                 strict=column.type != "datetime",  # ISO strings become datetimes
+                json_schema_extra=_float_range(column),
             ),
         )
-    return create_model("Row", __config__=ConfigDict(extra="forbid"), **fields)
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def _float_range(column: Column) -> dict | None:
+    """A float32 column's range, published; `check` refuses what lies beyond with a 400 naming
+    the column, as it refuses infinity in any floating-point column."""
+    if column.type != "float":
+        return None
+    return {"minimum": -LARGEST["float"], "maximum": LARGEST["float"]}
 
 
 def request_model(row: type[BaseModel]) -> type[BaseModel]:
@@ -359,6 +401,104 @@ def request_model(row: type[BaseModel]) -> type[BaseModel]:
         "PredictRequest",
         __config__=ConfigDict(extra="forbid"),
         rows=(list[row], Field(min_length=1, description="the rows to predict, one object each")),
+    )
+
+
+# --- /invocations: MLflow's protocol as far as JSON Schema can say it ----------------------------
+
+
+def invocations_openapi(
+    columns: list[Column], row_ref: str, example: dict | None, classification: bool
+) -> dict:
+    """The request body and query parameter /invocations publishes: every format the parser takes.
+
+    JSON Schema cannot say everything `parse_json` checks: that a `dataframe_split` row holds the
+    values of the columns named at the same positions, that column lists have equal lengths, or
+    what CSV text holds. Those are refused with a 400 naming the problem. `row_ref` points at the
+    component holding `row_model(columns, bounds=INVOCATIONS_BOUNDS)`.
+    """
+    row = {"$ref": row_ref}
+    rows = {"type": "array", "items": row, "minItems": 1}
+    by_column = _column_lists(columns)
+    probabilities: dict = {"type": "boolean"} if classification else {"enum": [False]}
+    body = {
+        "type": "object",
+        "description": "Exactly one of the four formats of MLflow's scoring protocol.",
+        "properties": {
+            "dataframe_split": _split(columns),
+            "dataframe_records": rows,
+            "instances": {"anyOf": [rows, by_column]},
+            "inputs": {"anyOf": [rows, by_column, row]},
+            "params": {
+                "type": ["object", "null"],  # null: none, as when the key is left out
+                "properties": {"probabilities": probabilities},
+                "additionalProperties": False,
+            },
+        },
+        "oneOf": [{"required": [key]} for key in FORMATS],
+        "additionalProperties": False,
+    }
+    json_content: dict[str, Any] = {"schema": body}
+    if example:
+        json_content["example"] = {"dataframe_split": example}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": json_content,
+                "text/csv": {"schema": {"type": "string"}, "description": "a header row first"},
+            },
+        },
+        "parameters": [
+            {
+                "name": "probabilities",
+                "in": "query",
+                "required": False,
+                "schema": probabilities,
+                "description": "classifiers: add per-class probabilities to the answer",
+            }
+        ],
+    }
+
+
+def _split(columns: list[Column]) -> dict:
+    names = [c.name for c in columns]
+    return {
+        "type": "object",
+        "properties": {
+            "columns": {"type": "array", "items": {"enum": names}, "uniqueItems": True},
+            "data": {
+                "type": "array",
+                "items": {"type": "array", "maxItems": len(names)},
+                "minItems": 1,
+            },
+            "index": {"type": "array"},
+        },
+        "required": ["columns", "data"],
+        "additionalProperties": False,
+    }
+
+
+def _column_lists(columns: list[Column]) -> dict:
+    """{"column": [values], ...}: one list per column, all of one length."""
+    values = row_model(columns, bounds=INVOCATIONS_BOUNDS).model_json_schema()["properties"]
+    for value in values.values():
+        value.pop("default", None)
+        value.pop("title", None)
+    return {
+        "type": "object",
+        "properties": {
+            c.name: {"type": "array", "items": values[c.name], "minItems": 1} for c in columns
+        },
+        "required": [c.name for c in columns if c.required],
+        "additionalProperties": False,
+    }
+
+
+class InvocationsResponse(BaseModel):
+    predictions: list[str | int | float | bool | None]
+    probabilities: list[dict[str, float | None]] | None = Field(
+        None, description="per-class probabilities, when asked for (classifiers only)"
     )
 
 
