@@ -129,3 +129,11 @@ def test_an_option_without_a_page_is_reported(hooks):
     assert problems == [
         "options/gpu.md documents `gpu`, which is not an option in cookiecutter.json"
     ]
+
+
+def test_the_index_names_every_notebook_the_template_ships():
+    index = (DOCS / "pages" / "index.md").read_text()
+    notebooks = sorted((TEMPLATE / "{{cookiecutter.project_slug}}" / "notebooks").glob("*.ipynb"))
+    assert notebooks
+    assert [n.stem for n in notebooks if f"`{n.stem}`" not in index] == []
+    assert "being built" not in index, "the index describes what a project has today"

@@ -20,13 +20,48 @@ pytestmark = pytest.mark.slow
 
 def test_project_passes_its_own_check(project):
     done = project.make("check")
-    assert done.stdout.count("ok  ") == 5, done.stdout
+    assert done.stdout.count("ok  ") == 6 and "FAIL" not in done.stdout, done.stdout
 
 
 def test_project_passes_its_own_tests(project):
     done = project.make("test", "-q")
     assert re.search(r"\d+ passed", done.stdout), done.stdout
     assert "failed" not in done.stdout
+
+
+def test_setup_leaves_a_clean_first_commit_a_commit_hook_and_the_kernel_in_the_venv(project):
+    first_commit = project.run("git", "show", "--name-only", "--format=", "HEAD").stdout.split()
+    assert "uv.lock" in first_commit, "a fresh project's runs are not 'uncommitted changes'"
+    assert project.run("git", "rev-list", "--count", "HEAD").stdout.strip() == "1"
+    assert (project.root / ".git" / "hooks" / "pre-commit").is_file()
+    spec = project.root / ".venv" / "share" / "jupyter" / "kernels" / project.slug / "kernel.json"
+    notebook = json.loads((project.root / "notebooks" / "01_use_case.ipynb").read_text())
+    # JupyterLab writes the registered display name into every notebook it saves: the same one
+    # nbdev-clean writes, so opening and saving a notebook changes nothing.
+    assert (
+        json.loads(spec.read_text())["display_name"]
+        == notebook["metadata"]["kernelspec"]["display_name"]
+    )
+
+
+def test_the_commit_hook_strips_outputs_and_stops_the_commit(project):
+    notebook = project.root / "notebooks" / "02_data_preparation.ipynb"
+    clean = notebook.read_text()
+    content = json.loads(clean)
+    cell = next(c for c in content["cells"] if c["cell_type"] == "code")
+    cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["/home/me/data\n"]}]
+    cell["execution_count"] = 1
+    notebook.write_text(json.dumps(content, indent=1))
+    identity = ["-c", "user.name=Test", "-c", "user.email=test@localhost"]
+    try:
+        project.run("git", "add", str(notebook))
+        committed = project.run("git", *identity, "commit", "-m", "outputs", check=False)
+        assert committed.returncode != 0, "the hook changed the notebook: the commit stops"
+        assert notebook.read_text() == clean, "only the outputs were new: the notebook is as before"
+        assert project.run("git", "rev-list", "--count", "HEAD").stdout.strip() == "1"
+    finally:
+        project.run("git", "reset", "--quiet", "--", str(notebook))
+        notebook.write_text(clean)
 
 
 def test_make_help_lists_every_target(project):
@@ -84,7 +119,7 @@ def test_smoke_pipeline_leaves_the_run_tree(smoked_project):
     assert sorted(tree["children"]) == notebooks
     assert set(tree["children"].values()) == {"FINISHED"}
     for name, files in tree["notebooks"].items():
-        assert files == [f"notebook/{name}.ipynb"]
+        assert files == [f"notebook/{name}.html", f"notebook/{name}.ipynb"]  # the page renders
     assert "use_case.json" in tree["use_case"]
     assert sorted(name for name, _ in tree["inputs"]) == ["test", "train"]
     assert all(re.fullmatch(r"[0-9a-f]+", digest) for _, digest in tree["inputs"])
@@ -305,3 +340,90 @@ def test_lab_serves_the_notebooks_with_the_project_kernel(project):
         ["pgrep", "-f", f"ServerApp.port={port}"], capture_output=True, text=True, check=False
     )
     assert left.stdout == "", "stopping `lab` stops JupyterLab: it runs in the command's place"
+
+
+# What a user cannot act on: Python warnings, MLflow's logged warnings, tqdm's missing widgets.
+WARNING_SIGNS = re.compile(r"Warning\b|WARNING|IProgress not found")
+
+
+def stderr_warnings(notebooks) -> dict[str, list[str]]:
+    """Each executed notebook's stderr outputs that read as warnings."""
+    found = {}
+    for path in notebooks:
+        cells = json.loads(path.read_text())["cells"]
+        texts = [
+            "".join(output["text"])
+            for cell in cells
+            for output in cell.get("outputs", [])
+            if output.get("name") == "stderr"
+        ]
+        if warned := [text for text in texts if WARNING_SIGNS.search(text)]:
+            found[path.name] = warned
+    return found
+
+
+def test_the_pipelines_notebooks_carry_no_warnings_and_the_card_no_placeholder(smoked_project):
+    runs = [p for p in (smoked_project.root / "runs").glob("2*") if (p / "FINISHED").is_file()]
+    executed = sorted(path for run in runs for path in run.glob("0*.ipynb"))
+    assert {path.stem for path in executed} >= {"01_use_case", "05_deployment"}
+    assert stderr_warnings(executed) == {}
+    cards = [run / "model_card.md" for run in runs if (run / "model_card.md").is_file()]
+    cards = [card.read_text() for card in cards]
+    assert cards and all("TODO" not in card and "## Limitations" in card for card in cards)
+
+
+@pytest.fixture(scope="module")
+def opened_in_jupyterlab(project_factory, tmp_path_factory):
+    """04 and 05 run after a smoke pipeline as JupyterLab runs them: each in a kernel of its own
+    (the project's, named in the notebook), with none of the runner's environment."""
+    project = project_factory(task="classification", project_name="Lab Session")
+    project.cli("pipeline", "--smoke", "--set", "deployment.build_image=false")
+    folder = tmp_path_factory.mktemp("opened")
+    for name in ("04_evaluation", "05_deployment"):
+        project.run(
+            str(project.root / ".venv" / "bin" / "papermill"), f"notebooks/{name}.ipynb",
+            str(folder / f"{name}.ipynb"), "--cwd", "notebooks",
+            "-y", "deployment_build_image: false", "--no-progress-bar",
+        )  # fmt: skip
+    return project, folder
+
+
+def test_notebooks_run_in_jupyterlab_are_told_apart_and_read_the_pipelines_outputs(
+    opened_in_jupyterlab,
+):
+    project, folder = opened_in_jupyterlab
+    state = project.mlflow_query(
+        """
+        pipeline = next(r for r in runs if r.data.tags.get("kind") == "pipeline")
+        by_id = {r.info.run_id: r for r in runs}
+        mine = [r for r in runs if r.data.tags.get("kind") == "interactive"]
+        versions = client.search_model_versions(f"name = '{MODEL_NAME}'")
+        champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+        print(json.dumps({
+            "interactive": sorted(
+                [r.info.run_name, r.info.status, r.data.tags.get("continues_from", ""),
+                 by_id[r.data.tags["mlflow.parentRunId"]].data.tags.get("kind"),
+                 by_id[r.data.tags["mlflow.parentRunId"]].info.status] for r in mine
+            ),
+            "run_dir": pipeline.data.tags["run_dir"],
+            "versions": {v.version: {k: v.tags.get(k) for k in ("smoke", "kind", "pipeline_run_id")}
+                         for v in versions},
+            "champion_run": champion.tags.get("pipeline_run_id"),
+            "pipeline": pipeline.info.run_id,
+        }))
+        """
+    )
+    run_dir = state["run_dir"]
+    assert state["interactive"] == [
+        ["04_evaluation (interactive)", "FINISHED", run_dir, "interactive-session", "FINISHED"],
+        ["05_deployment (interactive)", "FINISHED", run_dir, "interactive-session", "FINISHED"],
+    ], "tagged, named, grouped, and closed with their kernels"
+    # 05 registered the smoke pipeline's model: a smoke model, not a pipeline run's registration,
+    # so it cannot replace the champion the pipeline registered.
+    assert sorted(state["versions"].values(), key=lambda v: v["pipeline_run_id"]) == [
+        {"smoke": "true", "kind": "interactive", "pipeline_run_id": ""},
+        {"smoke": "true", "kind": "pipeline", "pipeline_run_id": state["pipeline"]},
+    ]
+    assert state["champion_run"] == state["pipeline"]
+    assert "marked KILLED: 0 run(s)" in project.cli("doctor").stdout, "no session left open"
+    assert stderr_warnings(sorted(folder.glob("*.ipynb"))) == {}, "no warm kernel hides them"

@@ -1,6 +1,6 @@
 """The project's command line: every `make` target is one call of this, so it works without make.
 
-    {{ cookiecutter.project_slug }} pipeline --smoke --set modelling.cv_folds=3 --params my.yaml
+For example: `{{ cookiecutter.project_slug }} pipeline --smoke --set modelling.cv_folds=3`
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROJECT_NAME, description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("setup", help="register the project's Jupyter kernel (after `uv sync`)")
+    commands.add_parser(
+        "setup", help="register the Jupyter kernel, commit uv.lock, install the commit hook"
+    )
     commands.add_parser("lab", help="open JupyterLab on the project (other options go to jupyter)")
 
     pipeline = commands.add_parser("pipeline", help="run the numbered notebooks in order")
@@ -63,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "doctor", help="mark runs a killed pipeline left RUNNING; settle half-done registrations"
     )
-    rollback = commands.add_parser("rollback", help="move the champion alias to the previous champion")
+    rollback = commands.add_parser(
+        "rollback", help="move the champion alias to the previous champion"
+    )
     rollback.add_argument("--to", metavar="VERSION", help="move it to this model version instead")
 
     serve = commands.add_parser("serve", help="serve the champion model locally, without Docker")
@@ -130,8 +134,12 @@ def _cmd_setup(args: argparse.Namespace) -> int:
     from . import tasks
 
     code = tasks.register_kernel()
-    if code == 0:
-        print(f"Jupyter kernel '{PROJECT_NAME}' registered; open notebooks with `make lab`.")
+    if code != 0:
+        return code
+    print(f"Jupyter kernel '{PROJECT_NAME}' registered; open notebooks with `make lab`.")
+    if tasks.in_git_repository():
+        tasks.commit_lock_file()
+        code = tasks.install_commit_hook()
     return code
 
 

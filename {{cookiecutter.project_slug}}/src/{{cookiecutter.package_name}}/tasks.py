@@ -35,11 +35,55 @@ def _run(*command: str, capture: bool = False) -> subprocess.CompletedProcess[st
 
 
 def register_kernel() -> int:
-    """A Jupyter kernel named after the project, so JupyterLab runs notebooks with this venv."""
+    """A Jupyter kernel named after the project, inside .venv (so a same-named kernel elsewhere
+    cannot stand in for it), displayed under its own name: JupyterLab writes the display name into
+    every notebook it saves, and nbdev-clean writes the name there, so the two never fight."""
     done = _run(
-        sys.executable, "-m", "ipykernel", "install", "--user",
-        "--name", PROJECT_NAME, "--display-name", f"Python ({PROJECT_NAME})",
+        sys.executable, "-m", "ipykernel", "install", "--sys-prefix",
+        "--name", PROJECT_NAME, "--display-name", PROJECT_NAME,
     )  # fmt: skip
+    return done.returncode
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return _run("git", *args, capture=True)
+
+
+def in_git_repository() -> bool:
+    return shutil.which("git") is not None and _git("rev-parse", "--git-dir").returncode == 0
+
+
+GENERATED_COMMIT = "Project generated from the template"  # the post-generation hook's message
+GIT_IDENTITY = ["-c", "user.name=cookiecutter", "-c", "user.email=cookiecutter@localhost"]
+
+
+def commit_lock_file(echo=print) -> None:
+    """Put the uv.lock `uv sync` just wrote into the project's first commit, so the first runs do
+    not count as uncommitted changes. Once the history has moved on, only say so."""
+    lock = "uv.lock"
+    if _git("ls-files", "--others", "--exclude-standard", "--", lock).stdout.strip() != lock:
+        return  # tracked already, or ignored on purpose
+    only_the_generated_commit = (
+        _git("rev-list", "--count", "HEAD").stdout.strip() == "1"
+        and _git("log", "-1", "--format=%s").stdout.strip() == GENERATED_COMMIT
+        and not _git("diff", "--cached", "--name-only").stdout.strip()
+    )
+    if not only_the_generated_commit:
+        echo(f"{lock} is not committed yet: commit it, so runs can name the exact environment.")
+        return
+    identity = [] if _git("config", "user.email").stdout.strip() else GIT_IDENTITY
+    _git("add", lock)
+    _git(*identity, "commit", "--quiet", "--amend", "--no-edit")
+    echo(f"{lock} added to the project's first commit.")
+
+
+def install_commit_hook(echo=print) -> int:
+    """pre-commit's hook (.pre-commit-config.yaml): every commit is fixed and checked first."""
+    done = _run(_tool("pre-commit"), "install", capture=True)
+    if done.returncode == 0:
+        echo("pre-commit hook installed: commits strip notebook outputs and run `check`.")
+    else:
+        echo(f"pre-commit hook not installed:\n{done.stdout}{done.stderr}".rstrip())
     return done.returncode
 
 
@@ -72,30 +116,70 @@ def lint_problems() -> list[str]:
 
 
 def format_problems() -> list[str]:
-    """Files ruff would reformat, leaving out the modules nbdev writes: those must stay exactly as
-    nbdev-export makes them, or the export check could never pass."""
-    done = _run(_tool("ruff"), "format", "--check", ".", capture=True)
-    unformatted = [
-        line.removeprefix("Would reformat: ")
-        for line in done.stdout.splitlines()
-        if line.startswith("Would reformat: ")
-        and not _is_exported(line.removeprefix("Would reformat: "))
-    ]
-    return [f"ruff format would change {path}; run `fix`" for path in unformatted]
+    """What ruff would reformat, leaving out the modules nbdev writes: those must stay exactly as
+    nbdev-export makes them, or the export check could never pass. Judged by ruff's exit status,
+    never by its wording."""
+    root = project_root()
+    exported = ",".join(
+        str(path.relative_to(root))
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        if _is_exported(path)
+    )  # one comma-separated option: ruff keeps only the last of repeated ones
+    skip = [f"--extend-exclude={exported}"] if exported else []
+    done = _run(_tool("ruff"), "format", "--check", "--quiet", ".", *skip, capture=True)
+    if done.returncode == 0:
+        return []
+    return [f"ruff format would change files; run `fix`:\n{(done.stdout + done.stderr).strip()}"]
 
 
-def _is_exported(path: str) -> bool:
-    file = project_root() / path
-    return file.suffix == ".py" and file.read_text().startswith(EXPORTED_HEADER)
+def _is_exported(file: Path) -> bool:
+    with file.open(encoding="utf-8") as text:
+        return text.read(len(EXPORTED_HEADER)) == EXPORTED_HEADER
+
+
+def notebooks() -> list[Path]:
+    return sorted((project_root() / "notebooks").glob("*.ipynb"))
+
+
+def executed_cells(notebook: dict) -> int:
+    """Code cells that hold outputs or an execution count: a committed notebook has none."""
+    return sum(
+        1
+        for cell in notebook["cells"]
+        if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count"))
+    )
+
+
+def notebook_outputs() -> list[str]:
+    problems = []
+    for notebook in notebooks():
+        if count := executed_cells(json.loads(notebook.read_text(encoding="utf-8"))):
+            problems.append(
+                f"{notebook.name} has outputs or execution counts in {count} cell(s); run `fix` "
+                "to strip them (the pipeline keeps executed copies in runs/ and MLflow)"
+            )
+    return problems
+
+
+def strip_outputs(notebook: Path) -> bool:
+    """Clear outputs and execution counts in place, keeping sources and cell tags."""
+    content = json.loads(notebook.read_text(encoding="utf-8"))
+    if not executed_cells(content):
+        return False
+    for cell in content["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    notebook.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return True  # nbdev-clean then writes it in its own layout
 
 
 def notebook_dirt() -> list[str]:
-    """Notebooks that nbdev-clean would change (outputs, execution counts, stray metadata)."""
+    """Notebooks that nbdev-clean would change (execution counts, metadata JupyterLab adds)."""
     problems = []
-    for notebook in sorted((project_root() / "notebooks").glob("*.ipynb")):
+    for notebook in notebooks():
         done = _run(_tool("nbdev-clean"), "--fname", str(notebook), "--disp", capture=True)
         if done.returncode != 0 or done.stdout != notebook.read_text():
-            problems.append(f"{notebook.name} is not clean (outputs or metadata); run `fix`")
+            problems.append(f"{notebook.name} is not clean (metadata, execution counts); run `fix`")
     return problems
 
 
@@ -150,6 +234,7 @@ def params_drift() -> list[str]:
 CHECKS: dict[str, Callable[[], list[str]]] = {
     "lint": lint_problems,
     "format": format_problems,
+    "notebooks without outputs": notebook_outputs,
     "notebooks clean": notebook_dirt,
     "nbdev export in sync": export_drift,
     "notebook parameters match params.yaml": params_drift,
@@ -176,6 +261,9 @@ def fix(echo=print) -> int:
     for notebook in discover(root / "notebooks", on_demand=True):
         if P.sync_notebook(notebook, tree):
             echo(f"copied params.yaml values into {notebook.name}")
+    for notebook in notebooks():
+        if strip_outputs(notebook):
+            echo(f"stripped the outputs of {notebook.name}")
     steps = [
         (_tool("ruff"), "check", "--fix", "."),
         (_tool("ruff"), "format", "."),
