@@ -51,6 +51,7 @@ RESERVED_NAMES = frozenset(
         "pydantic", "matplotlib", "fastapi", "starlette", "uvicorn", "uvloop", "httptools",
         "httpx", "prometheus_client", "psutil",
         "docker", "pytest", "ruff", "pre_commit", "hatchling", "schemathesis", "hypothesis",
+        "nbconvert", "ipywidgets", "tqdm",
         # the generated project's own folders, and names Python or pytest treat specially
         "src", "test", "tests", "notebooks", "data", "conftest", "setup", "site",
         # standard-library modules the project imports (also covered by stdlib_module_names)

@@ -1,5 +1,8 @@
 """Data preparation: loading, the checks that stop bad data, cleaning and splitting."""
 
+import json
+import warnings
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -7,6 +10,7 @@ import pandera.pandas as pa
 import pytest
 from mlflow.exceptions import RestException
 
+from {{ cookiecutter.package_name }} import tracking
 from {{ cookiecutter.package_name }}.data import (
     DataValidationError,
     apply_schema,
@@ -17,6 +21,7 @@ from {{ cookiecutter.package_name }}.data import (
     load_dataset,
     load_demo,
     log_dataset_input,
+    log_datasets,
     sample,
     split,
 )
@@ -169,3 +174,20 @@ def test_other_tracking_errors_are_not_retried(monkeypatch):
     with mlflow.start_run(), pytest.raises(RestException, match="no access"):
         log_dataset_input(training_set(), "training")
     assert calls == ["training"]
+
+
+@pytest.mark.parametrize("path", ["demo", "data/patients.csv"])
+def test_datasets_are_logged_from_their_stated_source_without_a_warning(path):
+    """Given a path as text, MLflow guesses the kind of source and warns that a local path "can be
+    interpreted in multiple ways" (it registers local files twice: MLflow issue 9702)."""
+    parts = split(frame(), "label", "classification", 0.25, seed=0)
+    tracking.configure()  # this test's own store: MLflow links a dataset it knows by its digest
+    with mlflow.start_run() as run, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        log_datasets(parts, path, "label")
+    assert [str(w.message) for w in caught if "dataset source" in str(w.message)] == []
+    sources = [i.dataset for i in mlflow.get_run(run.info.run_id).inputs.dataset_inputs]
+    if path == "demo":  # made by code: the notebook is its source
+        assert {s.source_type for s in sources} == {"code"}
+    else:
+        assert {(s.source_type, json.loads(s.source)["uri"]) for s in sources} == {("local", path)}

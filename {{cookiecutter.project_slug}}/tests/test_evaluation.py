@@ -251,5 +251,25 @@ def test_model_card_states_verdict_metrics_segments_and_lineage():
     )  # fmt: skip
     for expected in ("# Model card: demo", "Acceptance gate: **passed**", "| C | 1.0 |",
                      "| roc_auc | 0.97 |", "site = a", "| git commit | abc123 |",
-                     "sample of 200 rows", "fairness was not assessed", "TODO(use-case)"):  # fmt: skip
+                     "sample of 200 rows", "fairness was not assessed"):  # fmt: skip
         assert expected in card
+
+
+@pytest.mark.parametrize("stated", [["Adults of one hospital only."], []])
+def test_the_card_lists_the_limitations_the_use_case_states_and_no_placeholder(stated):
+    gate = Gate([Criterion("roc_auc on the test set", 0.97, 0.9, ">=")])
+    gaps = generalization_gaps(dict.fromkeys(["training", "cross-validation", "test"], 0.97), 0.05)
+    card = model_card(
+        CardFacts(
+            model_name="demo", use_case=use_case(limitations=stated), candidate="linear",
+            hyperparameters={}, model_uri="models:/m-1", data={"test_rows": 400}, metrics={},
+            scores={}, gaps=gaps, segments=pd.DataFrame(), worst=None, fairness=pd.DataFrame(),
+            gate=gate, lineage={},
+        )
+    )  # fmt: skip
+    limits = card.split("## Limitations")[1].split("##")[0]
+    assert "TODO" not in card
+    if stated:
+        assert "- Adults of one hospital only." in limits
+    else:
+        assert "`use_case.limitations`" in limits

@@ -14,7 +14,11 @@ from {{ cookiecutter.package_name }}.pipeline import KERNEL, KERNEL_ARGUMENTS
 def write_notebook(path, *sources: str):
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(source) for source in sources]
-    notebook.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
+    notebook.metadata["kernelspec"] = {
+        "name": KERNEL,
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(notebook, path)
     return path
 
@@ -108,3 +112,11 @@ def test_only_the_guard_watches_the_parent(tmp_path):
         extra_arguments=KERNEL_ARGUMENTS,
     )  # fmt: skip
     assert executed.cells[-1].outputs[0]["text"].strip() == "True"
+
+
+def test_progress_bars_draw_as_widgets_in_a_notebook():
+    """tqdm.auto, which MLflow imports, prints "IProgress not found" into every notebook that
+    imports MLflow unless ipywidgets is installed."""
+    from tqdm.notebook import IProgress
+
+    assert IProgress is not None

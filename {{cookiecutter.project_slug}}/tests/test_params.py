@@ -21,7 +21,9 @@ def notebook_with(source: str, tmp_path: Path, name: str = "02_demo.ipynb") -> P
     cell = {"cell_type": "code", "execution_count": None, "id": "p", "metadata": {"tags": ["parameters"]},
             "outputs": [], "source": source.splitlines(keepends=True)}  # fmt: skip
     path = tmp_path / name
-    path.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    path.write_text(
+        json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    )
     return path
 
 
@@ -32,7 +34,9 @@ def test_set_parses_yaml_values_and_scientific_floats():
 
 
 def test_unknown_key_is_refused_with_a_suggestion():
-    with pytest.raises(P.ParamsError, match=r"unknown parameter `data.tset_size`.*`data.test_size`"):
+    with pytest.raises(
+        P.ParamsError, match=r"unknown parameter `data.tset_size`.*`data.test_size`"
+    ):
         P.resolve(BASE, sets=["data.tset_size=0.3"])
 
 

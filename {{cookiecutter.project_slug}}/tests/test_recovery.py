@@ -60,7 +60,9 @@ def test_runs_of_a_dead_process_are_marked_killed_with_everything_under_them(cli
 
 def test_runs_of_a_living_process_or_another_host_are_left_alone(client):
     mine = run_of(client, tracking.owner_tags())
-    elsewhere = run_of(client, {**tracking.owner_tags(), tracking.OWNER_HOST: "not-" + socket.gethostname()})
+    elsewhere = run_of(
+        client, {**tracking.owner_tags(), tracking.OWNER_HOST: "not-" + socket.gethostname()}
+    )
     repairs = recovery.repair(client)
     assert status(client, mine) == status(client, elsewhere) == "RUNNING"
     assert repairs.elsewhere == [elsewhere] and not repairs.killed

@@ -31,6 +31,7 @@ from {{ cookiecutter.package_name }}.registry import (
     rollback,
     score_version,
     version_by_alias,
+    version_tags,
 )
 from {{ cookiecutter.package_name }}.serving.export import seal
 from {{ cookiecutter.package_name }}.serving.integrity import RECORD_TAG, IntegrityError
@@ -81,7 +82,9 @@ def test_a_new_version_is_pending_with_its_record_and_moves_no_alias(client, dat
     version = new_version(client, data)
     registered = client.get_model_version(NAME, version)
     assert registered.tags["candidate"] == "linear"
-    assert registered.tags[DECISION_TAG] == PENDING and registered.tags[REGISTERED_BY_TAG] == "run-5"
+    assert (
+        registered.tags[DECISION_TAG] == PENDING and registered.tags[REGISTERED_BY_TAG] == "run-5"
+    )
     assert json.loads(registered.tags[RECORD_TAG])["files"]["model.skops"]
     assert registered.description == "a card"
     assert version_by_alias(client, CHALLENGER) is None
@@ -94,7 +97,7 @@ def test_a_model_changed_since_it_was_logged_is_not_registered(client, data):
     stored = mlflow.artifacts.download_artifacts(artifact_uri=uri)
     target = client.get_logged_model(uri.removeprefix("models:/")).artifact_location[7:]
     (Path(target) / "input_example.json").write_text("[]")  # a file the record never saw
-    with pytest.raises(IntegrityError, match="input_example.json: present but not recorded"):
+    with pytest.raises(IntegrityError, match=r"input_example\.json: present but not recorded"):
         register(client, uri, record, {}, "a card", "run-5")
     assert stored and client.search_model_versions(f"name='{NAME}'") == []
 
@@ -240,3 +243,15 @@ def test_a_history_naming_a_move_that_never_happened_is_cut_back(client, data):
 def test_rollback_without_a_champion_says_so(client):
     with pytest.raises(RegistryError, match="has no champion"):
         rollback()
+
+
+@pytest.mark.parametrize(
+    ("pipeline_run_id", "kind"), [("run-1", "pipeline"), (None, "interactive")]
+)
+def test_a_version_says_whether_a_pipeline_run_or_a_notebook_in_jupyterlab_registered_it(
+    pipeline_run_id, kind
+):
+    git = {"git_commit": "abc", "git_dirty": "false"}
+    tags = version_tags({}, {}, "classification", "roc_auc", git, pipeline_run_id, True, "card")
+    expected = (kind, pipeline_run_id or "", "true")
+    assert (tags["kind"], tags["pipeline_run_id"], tags["smoke"]) == expected

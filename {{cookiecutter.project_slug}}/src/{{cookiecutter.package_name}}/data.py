@@ -3,9 +3,10 @@
 # %% auto #0
 __all__ = ['DataValidationError', 'load_demo', 'resolve_path', 'load_dataset', 'check_target', 'check_missing', 'check_rows',
            'load_schema', 'apply_schema', 'quality_report', 'plot_quality', 'clean', 'sample', 'Split', 'split',
-           'save_split', 'log_dataset_input', 'log_datasets']
+           'save_split', 'log_dataset_input', 'dataset_source', 'log_datasets']
 
 # %% ../../notebooks/02_data_preparation.ipynb #e5e150e0
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ import mlflow
 import pandas as pd
 import pandera.pandas as pa
 from mlflow.data.dataset import Dataset
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.exceptions import MlflowException
 from pandera.errors import SchemaErrors
 from sklearn.datasets import load_breast_cancer, load_diabetes
@@ -259,9 +262,19 @@ def log_dataset_input(dataset: Dataset, context: str) -> None:
         mlflow.log_input(dataset, context=context)
 
 
-def log_datasets(parts: Split, source: str, target: str) -> dict[str, str]:
-    """Both sets as MLflow dataset inputs; returns their digests."""
-    digests = {}
+def dataset_source(path: str) -> DatasetSource | None:
+    """Where the rows came from, stated outright: given a path as text, MLflow guesses the kind of
+    source and warns that a local file "can be interpreted in multiple ways" (it registers local
+    files twice, MLflow issue 9702). The demo data is made by code: None makes this notebook its
+    source, as MLflow records for data made in code."""
+    if path == "demo":
+        return None
+    return get_dataset_source_from_json(json.dumps({"uri": path}), source_type="local")
+
+
+def log_datasets(parts: Split, path: str, target: str) -> dict[str, str]:
+    """Both sets as MLflow dataset inputs, from `data.path`; returns their digests."""
+    source, digests = dataset_source(path), {}
     for name, frame, context in (("train", parts.train, "training"), ("test", parts.test, "test")):
         dataset = mlflow.data.from_pandas(frame, source=source, targets=target, name=name)
         log_dataset_input(dataset, context)

@@ -588,11 +588,13 @@ def limitations(facts: CardFacts) -> list[str]:
             found.append(f"{metric} is undefined in some groups ({groups}): not assessed there.")
     if not facts.use_case.sensitive_attributes:
         found.append("No sensitive attributes are configured: fairness was not assessed.")
-    found.append(
-        "TODO(use-case): what the data does not cover (populations, time period, sites) and "
-        "uses the model is not fit for."
-    )
-    return found
+    stated = facts.use_case.limitations or [
+        (
+            "None stated in `use_case.limitations`, where what the data does not cover "
+            "(populations, time period, sites) and the uses the model is not fit for belong."
+        )
+    ]
+    return found + stated
 
 
 def model_card(facts: CardFacts) -> str:

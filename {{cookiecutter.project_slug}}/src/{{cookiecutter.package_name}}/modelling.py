@@ -2,11 +2,14 @@
 
 # %% auto #0
 __all__ = ['SERVING_PACKAGES', 'build_preprocessor', 'make_estimator', 'make_pipeline_for', 'CandidateResult', 'scorer_for',
-           'folds', 'SearchSettings', 'tune', 'log_candidate', 'pick_best', 'pinned_requirements', 'log_model']
+           'folds', 'SearchSettings', 'tune', 'log_candidate', 'pick_best', 'pinned_requirements', 'model_environment',
+           'log_model']
 
 # %% ../../notebooks/03_modelling.ipynb #0c43abb2
+import platform
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -157,6 +160,14 @@ def pinned_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in SERVING_PACKAGES]
 
 
+def model_environment() -> dict[str, Any]:
+    """The model's conda.yaml, written out: left to MLflow, it pins the pip of this environment,
+    and warns "Failed to resolve installed pip version" in the venvs uv makes, which have none."""
+    python, pip = platform.python_version(), pinned_requirements()  # MLflow adds itself to pip
+    return {"name": "mlflow-env", "channels": ["conda-forge"],
+            "dependencies": [f"python={python}", "pip", {"pip": pip}]}  # fmt: skip
+
+
 def log_model(result: CandidateResult, X: pd.DataFrame, task: str):
     """The chosen pipeline with its signature, an input example and explicit requirements."""
     example = X.head(5)
@@ -166,7 +177,7 @@ def log_model(result: CandidateResult, X: pd.DataFrame, task: str):
         name="model",
         signature=infer_signature(example, output),
         input_example=example,
-        pip_requirements=pinned_requirements(),
+        conda_env=model_environment(),  # its pip list becomes requirements.txt
         metadata={"task": task, "candidate": result.name},
         # skops loads only the types it is told to trust; these are the types of the pipeline just
         # trained here, recorded with the model so loading trusts nothing else.

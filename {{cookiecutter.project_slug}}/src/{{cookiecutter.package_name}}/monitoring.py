@@ -13,7 +13,6 @@ __all__ = ['VERDICTS', 'EXIT_CODES', 'VERDICT_FILE', 'LOG_FIELDS', 'READERS', 'S
 # %% ../../notebooks/06_monitoring.ipynb #c349f6c5
 import json
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,9 +116,7 @@ def download_sets(client: MlflowClient, pipeline_run, label: str) -> Path:
 
 def digest_matches(frame: pd.DataFrame, target: str, expected: str) -> bool:
     """Whether `frame` is the set logged with digest `expected` (computed as 02 computes it)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # MLflow warns that it cannot resolve the source
-        dataset = mlflow.data.from_pandas(frame, targets=target, name="reference")
+    dataset = mlflow.data.from_pandas(frame, targets=target, name="reference")
     return not expected or dataset.digest == expected
 
 
@@ -650,7 +647,6 @@ def log_verdict(
     features = drift[drift["feature"] != PREDICTION]
     mlflow.set_tags(
         {
-            "kind": "monitoring",
             "model_name": version.name,
             "model_version": str(version.version),
             "verdict": verdict.level,

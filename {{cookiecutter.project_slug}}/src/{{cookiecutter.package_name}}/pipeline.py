@@ -13,6 +13,7 @@ top-level MLflow run of its own, by `run_on_demand`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -47,6 +48,8 @@ KERNEL_ARGUMENTS = [
 PARENT_RUN_ENV = "PIPELINE_PARENT_RUN_ID"
 RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 ON_DEMAND = ("06_monitoring",)  # run by their own command, never by the pipeline
+# Set for the notebooks the runner executes: nobody watches an executed notebook's progress bars.
+QUIET = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 class PipelineError(RuntimeError):
@@ -296,7 +299,7 @@ def _run_on_demand(notebook: Path, the_plan: Plan, kind: str) -> Outcome:
     run_dir = project_root() / "runs" / kind / f"{stamp}-{run_id[:8]}"
     run_dir.mkdir(parents=True, exist_ok=True)
     client.log_dict(run_id, the_plan.tree, "params.yaml")
-    env = {"MLFLOW_RUN_ID": run_id, RUN_DIR_ENV: str(run_dir)}
+    env = {"MLFLOW_RUN_ID": run_id, RUN_DIR_ENV: str(run_dir), **QUIET}
     executed = _execute(notebook, the_plan.values[notebook], run_dir, client, run_id, env)
     return Outcome(run_id, run_dir, [executed], time.perf_counter() - started)
 
@@ -316,7 +319,7 @@ def _run_notebook(
     env = {
         "MLFLOW_RUN_ID": child_id, RUN_DIR_ENV: str(run_dir), PARENT_RUN_ENV: parent_id,
         # A warm kernel started before `tracking.configure()` set this in our environment.
-        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), **QUIET,
     }  # fmt: skip
     return _execute(notebook, values, run_dir, client, child_id, env, kernels)
 
@@ -368,7 +371,30 @@ def _finish(client: mlflow.MlflowClient, run_id: str, executed: Path, status: st
         return
     if executed.exists():
         client.log_artifact(run_id, str(executed), artifact_path="notebook")
+        if page := as_html(executed):
+            client.log_artifact(run_id, str(page), artifact_path="notebook")
     client.set_terminated(run_id, status=status)
+
+
+def as_html(executed: Path) -> Path | None:
+    """The executed notebook as a web page beside it, which the MLflow UI shows rendered (an
+    .ipynb it shows as JSON); None if nbconvert cannot render it: the .ipynb still says it all, and
+    the notebook's own outcome must not be hidden behind a rendering error."""
+    try:
+        page, _ = _html_exporter().from_filename(str(executed))
+    except Exception:  # noqa: BLE001 -- whatever the rendering error, the .ipynb is logged
+        return None
+    path = executed.with_suffix(".html")
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+@functools.cache
+def _html_exporter():
+    """One exporter for the whole run: it loads its templates once (~1 s)."""
+    from nbconvert import HTMLExporter  # imported here: only the runner needs it
+
+    return HTMLExporter()
 
 
 @contextlib.contextmanager

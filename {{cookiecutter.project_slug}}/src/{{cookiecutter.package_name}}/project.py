@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ PROJECT_NAME = "{{ cookiecutter.project_slug }}"
 RUN_DIR_ENV = "PIPELINE_RUN_DIR"  # set by the pipeline runner for the notebooks it executes
 RUNNER_PID_ENV = "PIPELINE_RUNNER_PID"  # the runner's process id, for the kernels it starts
 FAILPOINT_ENV = "PIPELINE_FAILPOINT"  # tests only: where to crash on purpose (see `failpoint`)
+INTERACTIVE = "interactive"  # the run folder of notebooks opened in JupyterLab
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -31,17 +33,44 @@ def run_dir() -> Path:
 
     The runner gives each run its own folder; a notebook opened in JupyterLab uses runs/interactive.
     """
-    folder = Path(os.environ.get(RUN_DIR_ENV) or project_root() / "runs" / "interactive")
+    folder = Path(os.environ.get(RUN_DIR_ENV) or project_root() / "runs" / INTERACTIVE)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 HANDOFF = "handoff.json"
 FINISHED = "FINISHED"  # written into a run folder once every notebook of the run has succeeded
+BASE = "CONTINUES_FROM"  # in runs/interactive: the pipeline run folder its handoff started from
 
 
 def _handoff_file() -> Path:
+    continued_from()
     return run_dir() / HANDOFF
+
+
+def continued_from() -> Path | None:
+    """In JupyterLab, the finished pipeline run folder whose handoff runs/interactive continues
+    (brought up to date first, see `catch_up`); None under the runner or before any pipeline run."""
+    if RUN_DIR_ENV in os.environ:
+        return None
+    base = catch_up(run_dir() / HANDOFF)
+    return base.parent if base else None
+
+
+def catch_up(path: Path) -> Path | None:
+    """Start the interactive handoff `path` afresh from the newest finished pipeline run's, when
+    that run is newer than the one it started from; returns that run's handoff.
+
+    So in JupyterLab, 04 reads what the newest pipeline run made, and 05 then reads that as well as
+    what 04 added; values a notebook made here since that pipeline run win, older ones do not."""
+    newest = latest_handoff()
+    if newest is None:
+        return None
+    base = path.parent / BASE
+    if not (path.is_file() and base.is_file() and base.read_text().strip() == newest.parent.name):
+        shutil.copy(newest, path)
+        base.write_text(f"{newest.parent.name}\n")
+    return newest
 
 
 def latest_handoff(exclude: Path | None = None) -> Path | None:
@@ -67,11 +96,9 @@ def hand_on(**values: Any) -> None:
 def handed_on(key: str, producer: str) -> Any:
     """A value an earlier phase recorded, or a clear error naming the notebook to run first.
 
-    In JupyterLab, values not yet made in this session come from the newest pipeline run.
+    In JupyterLab, values not made here since the newest pipeline run come from that run.
     """
     path = _handoff_file()
-    if not path.exists() and RUN_DIR_ENV not in os.environ and (newest := latest_handoff()):
-        path = newest
     known = json.loads(path.read_text()) if path.exists() else {}
     if key not in known:
         raise RuntimeError(

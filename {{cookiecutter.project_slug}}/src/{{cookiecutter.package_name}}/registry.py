@@ -82,6 +82,8 @@ def version_tags(
         "modelling_run_id": handoff.get("modelling_run_id", ""),
         "evaluation_run_id": handoff.get("evaluation_run_id", ""),
         "pipeline_run_id": pipeline_run_id or "",
+        # Registered by a pipeline run, or by 05 opened in JupyterLab: runs are tagged alike.
+        "kind": "pipeline" if pipeline_run_id else "interactive",
         "data_path": str(handoff.get("data_path", "")),
         "data_digest": handoff.get("train_digest", ""),  # what the model was trained on
         "train_digest": handoff.get("train_digest", ""),

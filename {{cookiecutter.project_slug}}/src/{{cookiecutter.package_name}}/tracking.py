@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -10,6 +12,7 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -17,8 +20,9 @@ import mlflow
 import psutil
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-from .project import PROJECT_NAME, project_root
+from .project import PROJECT_NAME, continued_from, project_root
 
 EXPERIMENT_NAME = PROJECT_NAME
 MODEL_NAME = "{{ cookiecutter.__model_name }}"
@@ -30,6 +34,13 @@ DEFAULT_TRACKING_URI = "{{ cookiecutter.tracking_server_uri }}"
 DEFAULT_TRACKING_URI = None
 {%- endif %}
 OWNER_HOST, OWNER_PID, OWNER_STARTED = "process.host", "process.pid", "process.started"
+# What made a run: the runner tags its runs `pipeline` (and their notebooks `notebook`), a notebook
+# opened in JupyterLab tags its own `interactive`, under one `interactive-session` run per kernel.
+KIND = "kind"
+INTERACTIVE, SESSION = "interactive", "interactive-session"
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, prompts); this
+# value makes it open on the runs and models of classic model training.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 KEY_PACKAGES = ("mlflow", "scikit-learn", "pandas", "numpy", "papermill", "nbdev", "skops")
 
 
@@ -136,6 +147,8 @@ def configure() -> str:
     experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is not None:
         experiment_id = experiment.experiment_id
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the tag was set on creation
+            MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     elif uri.startswith("sqlite:"):
         # Artifacts next to the store, whatever the working directory is.
         location = (project_root() / "mlruns").as_uri()
@@ -149,7 +162,9 @@ def configure() -> str:
 def _create_experiment(location: str | None) -> str:
     """Create the experiment; if a run started at the same time created it first, use that one."""
     try:
-        return mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+        return mlflow.create_experiment(
+            EXPERIMENT_NAME, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     except MlflowException:
         experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
         if experiment is None:
@@ -166,13 +181,45 @@ def start_phase_run(phase: str) -> mlflow.ActiveRun:
     """The MLflow run a notebook logs to.
 
     Under the pipeline the runner made this notebook's run (a child of the pipeline's run) and passes
-    its id in MLFLOW_RUN_ID; opened in JupyterLab, the notebook gets a run of its own.
+    its id in MLFLOW_RUN_ID. Opened in JupyterLab, the notebook gets a run of its own, tagged
+    `kind=interactive` and named `<phase> (interactive)`, under its kernel's session run.
     """
-    configure()
+    experiment_id = configure()
     # Taken out of the environment: MLflow would otherwise resume this run for every nested run.
     if run_id := os.environ.pop("MLFLOW_RUN_ID", None):
         return mlflow.start_run(run_id=run_id)
-    return mlflow.start_run(run_name=phase, tags={**git_tags(), **owner_tags()})
+    while mlflow.active_run():  # an earlier try of a notebook in this kernel stopped before its end
+        mlflow.end_run("FAILED")
+    tags = {**git_tags(), **owner_tags(), KIND: INTERACTIVE, "notebook": f"{phase}.ipynb"}
+    if base := continued_from():  # the pipeline run whose outputs it reads
+        tags["continues_from"] = str(base)
+    return mlflow.start_run(
+        run_name=f"{phase} (interactive)", parent_run_id=session_run(experiment_id), tags=tags
+    )
+
+
+def session_run(experiment_id: str) -> str:
+    """The run grouping every notebook run of this kernel (this process): found by the owner tags
+    it shares with the process, else made, and ended when the kernel exits. A kernel that is killed
+    cannot end it: `doctor` (or the next pipeline) marks it KILLED, as any run of a dead process."""
+    client = MlflowClient()
+    owner = owner_tags()
+    query = f"tags.{KIND} = '{SESSION}' and tags.`{OWNER_PID}` = '{owner[OWNER_PID]}'"
+    for run in client.search_runs([experiment_id], f"{query} and attributes.status = 'RUNNING'"):
+        if all(run.data.tags.get(key) == value for key, value in owner.items()):
+            return run.info.run_id
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_id = client.create_run(
+        experiment_id,
+        tags={**owner, KIND: SESSION, MLFLOW_RUN_NAME: f"{SESSION}-{stamp}"},
+    ).info.run_id
+    atexit.register(_end_session, run_id, mlflow.get_tracking_uri())
+    return run_id
+
+
+def _end_session(run_id: str, uri: str) -> None:
+    with contextlib.suppress(Exception):  # the store may be gone by then: doctor marks it later
+        MlflowClient(uri).set_terminated(run_id, "FINISHED")
 
 
 def owner_tags(pid: int | None = None) -> dict[str, str]:

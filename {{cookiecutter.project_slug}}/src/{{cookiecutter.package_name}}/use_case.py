@@ -64,6 +64,7 @@ class UseCase:
     sensitive_attributes: list[str] = field(default_factory=list)
     positive_class: str = ""
     error_costs: dict[str, float] = field(default_factory=dict)
+    limitations: list[str] = field(default_factory=list)  # what the data and the model do not cover
 
     def __post_init__(self):
         if self.task not in ("classification", "regression"):
@@ -95,6 +96,7 @@ class UseCase:
             ("ML metric", f"{self.metric}, {direction} {self.threshold} on held-out data"),
             ("Segments", ", ".join(self.segments) or "none"),
             ("Sensitive attributes", ", ".join(self.sensitive_attributes) or "none"),
+            ("Limitations", "; ".join(self.limitations) or "none stated"),
         ]
         if self.task == "classification":
             rows.append(("Positive class", self.positive_class or "not set"))
