@@ -369,3 +369,7 @@ def test_git_repository_follows_git_init(baked):
         return
     assert baked.git("rev-list", "--count", "HEAD") == "1"
     assert baked.git("status", "--porcelain") == ""
+    # `setup` recognises this commit by its message to add uv.lock to it (tasks.py)
+    tasks = (baked.root / "src" / baked.package / "tasks.py").read_text()
+    message = re.search(r'^GENERATED_COMMIT = "(.+)"', tasks, flags=re.MULTILINE)[1]
+    assert baked.git("log", "-1", "--format=%s") == message

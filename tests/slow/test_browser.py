@@ -457,13 +457,16 @@ def test_mlflow_ui_shows_the_pipeline_run_tree_and_the_champion(round_trip, brow
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with (
-        serving(round_trip, ["ui", "--port", str(port)], url, f"{url}/health", tmp_path / "ui.log"),
+        serving(
+            round_trip, ["ui", "--port", str(port)], url, f"{url}/health", tmp_path / "ui.log"
+        ) as ui,
         new_page(browser) as page,
         screenshot_on_failure(page, "mlflow-ui"),
     ):
-        # The runs table of the experiment (the classic ML view, not the GenAI overview).
-        experiment = known["experiment"]
-        page.goto(f"{url}/#/experiments/{experiment}/runs?workflowType=machine_learning")
+        # The link `ui` prints: the experiment's training runs, not MLflow 3's GenAI overview.
+        link = re.search(r"http://\S+", ui.log.read_text())[0]
+        assert f"/#/experiments/{known['experiment']}/runs" in link, link
+        page.goto(link)
         parent_id, parent_name = known["parent"]
         row = page.locator("[role=row]", has=page.locator(f'a[href$="/runs/{parent_id}"]'))
         row.get_by_text(parent_name).wait_for()

@@ -10,6 +10,7 @@ two registry writes (the project's failpoints, `PIPELINE_FAILPOINT`).
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -272,7 +273,7 @@ def test_a_pipeline_killed_outright_leaves_no_process_and_doctor_marks_its_runs(
     assert wait_until_gone(marker) == [], "the kernel notices its parent is gone, kills its group"
     assert "RUNNING" in runs_of_newest_pipeline(hardened)["all"]  # nobody could mark them yet
     done = hardened.cli("doctor")
-    assert "marked KILLED" in done.stdout
+    assert re.search(r"marked KILLED: [1-9]\d* run", done.stdout), done.stdout
     runs = runs_of_newest_pipeline(hardened)
     assert runs["parent"] == "KILLED" and "RUNNING" not in runs["all"], runs
 
@@ -314,3 +315,18 @@ def test_make_doctor_is_listed_and_changes_nothing_when_all_is_well(hardened):
     done = hardened.cli("doctor")
     assert "marked KILLED: 0 run(s)" in done.stdout
     assert registry(hardened) == before
+
+
+def test_a_champion_whose_files_fail_their_record_is_replaced_not_a_dead_end(hardened):
+    """A champion that cannot be trusted (changed files, or no record, as one registered before
+    records existed) cannot be scored: 05 says why and the new version replaces it, instead of
+    every pipeline failing at 05."""
+    folder = champion_files(hardened)
+    before = registry(hardened)["aliases"]["champion"]
+    with restored(hardened, folder):
+        skops_file = folder / "model.skops"
+        skops_file.write_bytes(skops_file.read_bytes() + b"\0")
+        hardened.cli("pipeline", "--smoke", "--from", "05", *NO_IMAGE)  # fails if 05 does
+    state = registry(hardened)
+    assert state["aliases"]["champion"] != before and "challenger" not in state["aliases"]
+    assert state["decisions"][state["aliases"]["champion"]] == "promoted"

@@ -392,8 +392,8 @@ def test_server_stopped_mid_run_fails_clearly_and_a_rerun_succeeds(team_project,
         print(json.dumps([r.info.status for r in runs[:2]]))
         """,
     )  # fmt: skip
-    assert statuses == ["FINISHED", "RUNNING"], (
-        "the re-run finished; the cut one is left as reported"
+    assert statuses == ["FINISHED", "KILLED"], (
+        "the re-run finished, and first marked the cut run, whose process is gone"
     )
 
 

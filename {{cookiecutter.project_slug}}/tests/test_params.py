@@ -184,3 +184,14 @@ def test_a_retrain_shift_below_the_warn_shift_is_refused():
     base = {**BASE, "monitoring": {"psi_warn": 0.1, "psi_retrain": 0.25}}
     with pytest.raises(P.ParamsError, match="major shift must be at least a moderate one"):
         P.resolve(base, sets=["monitoring.psi_retrain=0.05"])
+
+
+@pytest.mark.parametrize("where", ["file", "--set"])
+def test_values_nested_thousands_deep_are_refused_with_a_message(tmp_path, where):
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(P.ParamsError, match="nested too deeply"):
+        if where == "file":
+            (tmp_path / "deep.yaml").write_text(f"data:\n  seed: {deep}\n")
+            P.load_yaml(tmp_path / "deep.yaml")
+        else:
+            P.parse_value(deep)

@@ -9,10 +9,19 @@ from pathlib import Path
 import mlflow
 import nbformat
 import pytest
+from mlflow.exceptions import MlflowException
 
 from {{ cookiecutter.package_name }} import pipeline, recovery, tracking
 from {{ cookiecutter.package_name }}.params import ParamsError
-from {{ cookiecutter.package_name }}.project import FINISHED, HANDOFF, RUN_DIR_ENV, hand_on, handed_on
+from {{ cookiecutter.package_name }}.project import (
+    FINISHED,
+    HANDOFF,
+    RUN_DIR_ENV,
+    hand_on,
+    handed_on,
+    latest_handoff,
+    record_completed,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -145,6 +154,24 @@ def test_in_jupyterlab_a_notebook_reads_the_newest_pipeline_run_and_what_came_af
     assert run.data.tags["continues_from"] == str(interactive / "runs" / "20260102-000000-bbbbbbbb")
 
 
+PHASES = ["01_use_case", "02_data_preparation", "03_modelling", "04_evaluation", "05_deployment"]
+
+
+def test_a_partial_run_continues_from_the_newest_run_that_completed_what_it_needs(
+    isolated_project,
+):
+    finished = finished_run(isolated_project, "20260101-000000-aaaaaaaa", model_uri="finished")
+    record_completed(finished, *PHASES)
+    failed_in_04 = isolated_project / "runs" / "20260102-000000-bbbbbbbb"
+    failed_in_04.mkdir()
+    (failed_in_04 / HANDOFF).write_text(json.dumps({"model_uri": "newer"}))
+    record_completed(failed_in_04, *PHASES[:3])
+    # --from 04 after the run that failed in 04: its 01-03 outputs are the newest there are
+    assert latest_handoff(needs=PHASES[:3]).parent == failed_in_04
+    assert latest_handoff(needs=PHASES[:4]).parent == finished  # --from 05 needs a 04 too
+    assert latest_handoff().parent == finished, "JupyterLab continues finished runs only"
+
+
 # --- what the runner leaves in MLflow -----------------------------------------------------------
 
 
@@ -173,3 +200,13 @@ def test_an_executed_notebook_is_logged_as_a_web_page_too(isolated_project):
     assert logged == ["notebook/01_use_case.html", "notebook/01_use_case.ipynb"]
     page = executed.with_suffix(".html").read_text()
     assert "<html" in page and "hello" in page
+
+
+def test_a_store_that_refuses_the_repairs_does_not_stop_the_pipeline(monkeypatch):
+    def refuse(*args):
+        raise MlflowException("PERMISSION_DENIED: not allowed to update runs")
+
+    monkeypatch.setattr(pipeline.recovery, "repair", refuse)
+    said = []
+    pipeline._repair_first(said.append)
+    assert "not allowed to update runs" in said[0] and "`doctor`" in said[0]

@@ -114,6 +114,18 @@ def test_a_registration_whose_alias_had_moved_is_completed(client, dead_pid):
     assert decision(client, kept) == "kept champion"
 
 
+def test_a_completed_promotion_leaves_no_older_challenger(client, dead_pid):
+    owner = {**tracking.owner_tags(), tracking.OWNER_PID: str(dead_pid)}
+    older = registered(client, run_of(client, tracking.owner_tags()))
+    client.set_registered_model_alias(NAME, CHALLENGER, older)
+    client.set_model_version_tag(NAME, older, recovery.DECISION_TAG, "kept champion")
+    promoted = registered(client, run_of(client, owner))
+    client.set_registered_model_alias(NAME, CHAMPION, promoted)  # cut before challenger went
+    recovery.repair(client)
+    assert decision(client, promoted) == "promoted"
+    assert version_by_alias(client, CHALLENGER) is None, "the registry as `promote` leaves it"
+
+
 def test_a_registration_in_progress_is_left_alone(client):
     alive = registered(client, run_of(client, tracking.owner_tags()))
     assert recovery.repair(client).settled == {}

@@ -140,6 +140,13 @@ def test_decisions_need_a_strictly_better_score_in_the_metric_direction():
     assert decide("roc_auc", "2", 0.8, "1", math.nan).promote
 
 
+def test_only_a_pipeline_run_promotes():
+    # 05 opened in JupyterLab registers a version that no pipeline run traces or monitors.
+    better = decide("roc_auc", "2", 0.99, "1", 0.50, from_pipeline=False)
+    assert not better.promote and "JupyterLab" in better.reason
+    assert not decide("roc_auc", "1", 0.9, from_pipeline=False).promote, "not even the first"
+
+
 def test_smoke_models_never_replace_a_full_data_champion_and_always_yield_to_one():
     assert not decide("roc_auc", "2", 0.99, "1", 0.90, challenger_smoke=True).promote
     assert decide("roc_auc", "2", 0.80, "1", 0.90, champion_smoke=True).promote

@@ -136,7 +136,7 @@ def _cmd_setup(args: argparse.Namespace) -> int:
     code = tasks.register_kernel()
     if code != 0:
         return code
-    print(f"Jupyter kernel '{PROJECT_NAME}' registered; open notebooks with `make lab`.")
+    print(f"Jupyter kernel '{tasks.KERNEL_NAME}' registered; open notebooks with `make lab`.")
     if tasks.in_git_repository():
         tasks.commit_lock_file()
         code = tasks.install_commit_hook()
@@ -253,7 +253,9 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(args.port),
         "--backend-store-uri", uri, "--default-artifact-root", tracking.artifact_root().as_uri(),
     ]  # fmt: skip
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl+C stops it)")
+    # MLflow 3's UI opens in its GenAI view (traces) unless told otherwise: link the training runs.
+    runs = f"#/experiments/{tracking.configure()}/runs?workflowType=machine_learning"
+    print(f"MLflow UI: the training runs at http://127.0.0.1:{args.port}/{runs} (Ctrl+C stops it)")
     return tasks.become(*command)
 
 

@@ -80,6 +80,10 @@ def _parse(text: str, name: str) -> Any:
     loader.name = name  # named in the alias refusal
     try:
         return loader.get_single_data()
+    except RecursionError:  # `[[[[...` thousands deep: PyYAML recurses once per level
+        raise ParamsError(
+            f"{name}: values are nested too deeply; parameters need a few levels"
+        ) from None
     finally:
         loader.dispose()
 

@@ -27,12 +27,22 @@ from typing import Any
 
 import mlflow
 import papermill
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from . import params as P
 from . import recovery, tracking
 from .kernels import WarmKernels
-from .project import FINISHED, HANDOFF, RUN_DIR_ENV, RUNNER_PID_ENV, latest_handoff, project_root
+from .project import (
+    FINISHED,
+    HANDOFF,
+    RUN_DIR_ENV,
+    RUNNER_PID_ENV,
+    completed,
+    latest_handoff,
+    project_root,
+    record_completed,
+)
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 KERNEL = "python3"  # the interpreter running this command, so notebooks see the same packages
@@ -150,9 +160,9 @@ def run(the_plan: Plan, echo=print) -> Outcome:
     """
     if problem := tracking.server_problem():
         raise PipelineError(f"Nothing was run: {problem}")
-    _report_repairs(recovery.repair(), echo)
+    _repair_first(echo)
     retries = os.environ.get(RETRIES_ENV)
-    os.environ[RUNNER_PID_ENV] = str(os.getpid())  # the kernels watch it (kernel_guard.py)
+    os.environ[RUNNER_PID_ENV] = str(os.getpid())  # failpoints aimed at the runner fire only here
     try:
         with _sigterm_as_interrupt():
             return _run_tree(the_plan, echo)
@@ -175,7 +185,15 @@ def run(the_plan: Plan, echo=print) -> Outcome:
             os.environ[RETRIES_ENV] = retries
 
 
-def _report_repairs(repairs: recovery.Repairs, echo) -> None:
+def _repair_first(echo) -> None:
+    """Finish what killed runs left behind; a store that refuses (permissions on a shared server)
+    is reported, and the run goes ahead: `doctor` can try again."""
+    try:
+        repairs = recovery.repair()
+    except MlflowException as error:
+        why = str(error).splitlines()[0][:200] if str(error) else error.error_code
+        echo(f"warning: could not finish what earlier, killed runs left ({why}); `doctor` retries")
+        return
     if repairs.killed or repairs.settled:
         echo("Finished what an earlier, killed run left behind:")
         for line in repairs.lines():
@@ -244,6 +262,7 @@ def _run_tree(the_plan: Plan, echo=print) -> Outcome:
                 values = the_plan.values[notebook]
                 executed = _run_notebook(notebook, values, run_dir, parent, tags, kernels)
                 outcome.executed.append(executed)
+                record_completed(run_dir, notebook.stem)  # a later --from may continue from here
                 echo(f"done in {time.perf_counter() - began:.1f} s")
         except BaseException as error:
             _end_tree(experiment_id, run_id, error)
@@ -255,11 +274,15 @@ def _run_tree(the_plan: Plan, echo=print) -> Outcome:
 
 
 def _continue_from_latest(the_plan: Plan, run_dir: Path, echo) -> None:
-    """A partial run (--only, --from) starts from what the newest earlier run handed on."""
-    if the_plan.notebooks == discover(project_root() / "notebooks"):
+    """A partial run (--only, --from) starts from the newest earlier run that completed every
+    notebook before its first one, finished or not (--from 04 after a run that failed in 04)."""
+    everything = discover(project_root() / "notebooks")
+    if the_plan.notebooks == everything:
         return
-    if previous := latest_handoff(exclude=run_dir):
+    before = [n.stem for n in everything if n.name < the_plan.notebooks[0].name]
+    if previous := latest_handoff(exclude=run_dir, needs=before):
         shutil.copy(previous, run_dir / HANDOFF)
+        record_completed(run_dir, *sorted(completed(previous.parent)))
         mlflow.set_tag("continues_from", str(previous.parent))
         echo(f"Continuing from {previous.parent.name}")
 
@@ -280,7 +303,7 @@ def run_on_demand(the_plan: Plan, kind: str) -> Outcome:
     (notebook,) = the_plan.notebooks
     if problem := tracking.server_problem():
         raise PipelineError(f"Nothing was run: {problem}")
-    _report_repairs(recovery.repair(), print)
+    _repair_first(print)
     with _sigterm_as_interrupt():
         return _run_on_demand(notebook, the_plan, kind)
 

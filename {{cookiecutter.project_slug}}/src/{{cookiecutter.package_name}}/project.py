@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ def run_dir() -> Path:
 
 HANDOFF = "handoff.json"
 FINISHED = "FINISHED"  # written into a run folder once every notebook of the run has succeeded
+COMPLETED = (
+    "COMPLETED"  # in a run folder: each notebook whose outputs its handoff holds, a line each
+)
 BASE = "CONTINUES_FROM"  # in runs/interactive: the pipeline run folder its handoff started from
 
 
@@ -73,16 +77,30 @@ def catch_up(path: Path) -> Path | None:
     return newest
 
 
-def latest_handoff(exclude: Path | None = None) -> Path | None:
-    """The newest finished pipeline run's handoff file (run folders are named by start time). A
-    failed or killed run's handoff lacks what its later notebooks would have added: never used."""
+def latest_handoff(exclude: Path | None = None, needs: Iterable[str] | None = None) -> Path | None:
+    """The newest pipeline run's handoff file (run folders are named by start time) holding what
+    the notebooks in `needs` hand on; without `needs`, the newest finished run's. A failed or
+    killed run's handoff holds only what its completed notebooks added."""
+
+    def usable(folder: Path) -> bool:
+        if needs is None:
+            return (folder / FINISHED).is_file()
+        return set(needs) <= completed(folder)
+
     runs = project_root() / "runs"
-    found = sorted(
-        p
-        for p in runs.glob(f"*/{HANDOFF}")
-        if p.parent != exclude and (p.parent / FINISHED).is_file()
-    )
+    found = sorted(p for p in runs.glob(f"*/{HANDOFF}") if p.parent != exclude and usable(p.parent))
     return found[-1] if found else None
+
+
+def completed(folder: Path) -> set[str]:
+    """The notebooks (stems) whose outputs the run folder's handoff holds."""
+    path = folder / COMPLETED
+    return set(path.read_text().split()) if path.is_file() else set()
+
+
+def record_completed(folder: Path, *notebooks: str) -> None:
+    with (folder / COMPLETED).open("a") as record:
+        record.writelines(f"{stem}\n" for stem in notebooks)
 
 
 def hand_on(**values: Any) -> None:

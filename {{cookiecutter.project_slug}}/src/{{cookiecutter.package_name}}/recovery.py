@@ -140,6 +140,8 @@ def settle(client: MlflowClient, version: ModelVersion) -> str:
     challenger = version_by_alias(client, CHALLENGER, version.name)
     if champion is not None and str(champion.version) == number:
         write_history(client, version.name)  # the alias moved; make the record follow it
+        if challenger is not None and int(challenger.version) < int(number):
+            client.delete_registered_model_alias(version.name, CHALLENGER)  # as `promote` does
         decision = "promoted"
     elif challenger is not None and str(challenger.version) == number:
         decision = "kept champion"

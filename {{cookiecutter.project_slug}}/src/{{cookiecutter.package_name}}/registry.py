@@ -2,9 +2,9 @@
 
 # %% auto #0
 __all__ = ['CHAMPION', 'CHALLENGER', 'HISTORY_TAG', 'HISTORY_LENGTH', 'DESCRIPTION_LIMIT', 'CARD_TAG_LIMIT', 'HEADLINE_METRICS',
-           'RegistryError', 'version_by_alias', 'version_tags', 'describe', 'register', 'Decision', 'score_version',
-           'decide', 'Move', 'champion_history', 'reconciled_history', 'write_history', 'promote', 'keep', 'rollback',
-           'registry_overview']
+           'PROMOTED', 'KEPT', 'RegistryError', 'version_by_alias', 'champion_now', 'version_tags', 'describe',
+           'register', 'Decision', 'score_version', 'decide', 'Move', 'champion_history', 'reconciled_history',
+           'write_history', 'promote', 'keep', 'rollback', 'registry_overview']
 
 # %% ../../notebooks/05_deployment.ipynb #691142d8
 import json
@@ -62,6 +62,12 @@ def version_by_alias(
         if error.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
             return None
         raise
+
+
+def champion_now(client: MlflowClient, name: str = MODEL_NAME) -> str:
+    """The champion's version number, or "" while there is none."""
+    current = version_by_alias(client, CHAMPION, name)
+    return "" if current is None else str(current.version)
 
 
 def version_tags(
@@ -134,6 +140,9 @@ def register(
     return client.get_model_version(name, registered.version)
 
 # %% ../../notebooks/05_deployment.ipynb #d5e9f1f7
+PROMOTED, KEPT = "promoted", "kept champion"  # a version's decision tag, once settled
+
+
 @dataclass(frozen=True)
 class Decision:
     promote: bool
@@ -146,7 +155,7 @@ class Decision:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "decision": "promoted" if self.promote else "kept champion",
+            "decision": PROMOTED if self.promote else KEPT,
             "reason": self.reason,
             "metric": self.metric,
             "challenger_version": self.challenger_version,
@@ -180,12 +189,14 @@ def decide(
     champion_error: str | None = None,
     challenger_smoke: bool = False,
     champion_smoke: bool = False,
+    from_pipeline: bool = True,
 ) -> Decision:
     """Whether the challenger takes the champion alias, and why.
 
     A smoke run's model (a small sample, a tiny search: CI's check that the pipeline works) never
     replaces a champion trained on the full data, and a full-data model always replaces a smoke
-    champion; otherwise the challenger must be strictly better."""
+    champion; otherwise the challenger must be strictly better. Only a pipeline run promotes: a
+    version registered from JupyterLab has no pipeline run to trace or monitor it by."""
     facts = {
         "metric": metric,
         "challenger_version": str(challenger_version),
@@ -194,6 +205,9 @@ def decide(
         "champion_score": champion_score,
     }
     new = f"version {challenger_version} ({metric} {challenger_score:.4g})"
+    if not from_pipeline:
+        reason = f"{new} was registered from JupyterLab: only `make pipeline` promotes a version"
+        return Decision(False, reason, **facts)
     if champion_version is None:
         return Decision(True, f"no champion yet: {new} takes the alias", **facts)
     old = f"champion version {champion_version}"

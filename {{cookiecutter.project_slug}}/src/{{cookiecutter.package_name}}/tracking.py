@@ -38,8 +38,8 @@ OWNER_HOST, OWNER_PID, OWNER_STARTED = "process.host", "process.pid", "process.s
 # opened in JupyterLab tags its own `interactive`, under one `interactive-session` run per kernel.
 KIND = "kind"
 INTERACTIVE, SESSION = "interactive", "interactive-session"
-# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, prompts); this
-# value makes it open on the runs and models of classic model training.
+# Tells MLflow 3's UI this experiment is model training, not GenAI (its navigation follows it). The
+# UI's own GenAI/ML switch follows the link instead (`workflowType`): `ui` prints one to the runs.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 KEY_PACKAGES = ("mlflow", "scikit-learn", "pandas", "numpy", "papermill", "nbdev", "skops")
 

@@ -5,7 +5,7 @@ load it (`skops_trusted_types`), beyond the scikit-learn estimators and containe
 itself. MLmodel travels with the model, so a crafted one could ask skops to trust `builtins.exec`
 or `pandas.read_pickle`, which skops would then call while loading. So we load only when every type
 MLmodel asks to trust is one of TRUSTED_TYPES: exactly the types this project's own pipelines hold
-(tests/test_serving.py proves every candidate fits), never a prefix, never pickle. Every path that
+(tests/test_integrity.py proves every candidate fits), never a prefix, never pickle. Every path that
 loads a model goes through `load` (the server, evaluation, the registry and monitoring).
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,14 +45,13 @@ TRUSTED_TYPES = frozenset(
 )
 # A team's own estimator or transformer class, by its exact name: "mylib.models.MyRegressor,...".
 EXTRA_TRUSTED_ENV = "SERVING_EXTRA_TRUSTED_TYPES"
-# Modules whose members can run code, read files or import others: never trusted, even when named.
-FORBIDDEN_MODULES = frozenset(
-    {
-        "builtins", "os", "posix", "nt", "sys", "subprocess", "importlib", "pickle", "marshal",
-        "shutil", "socket", "io", "pathlib", "runpy", "code", "codecs", "ctypes", "operator",
-        "functools", "pty", "webbrowser", "pandas", "pandas.io", "numpy.lib.npyio", "joblib",
-        "cloudpickle", "dill",
-    }
+# Libraries the model runtime ships: their members include loaders that run code or read files
+# (numpy.load, pandas.read_pickle, scipy.io.loadmat, sklearn.datasets.load_svmlight_file), so a name
+# in them, or in the standard library, is never an extra trusted type: a team's own classes live in
+# its own package.
+RUNTIME_LIBRARIES = frozenset(
+    {"numpy", "pandas", "scipy", "sklearn", "skops", "joblib", "cloudpickle", "dill", "yaml",
+     "mlflow", "threadpoolctl", "pyarrow", "fastapi", "uvicorn", "starlette", "pydantic"}
 )  # fmt: skip
 
 
@@ -158,15 +158,16 @@ def extra_trusted_types(env: dict[str, str] | None = None) -> frozenset[str]:
     forbidden = sorted(n for n in names if _in_forbidden_module(n))
     if forbidden:
         raise ModelLoadError(
-            f"{EXTRA_TRUSTED_ENV} names {forbidden}: members of these modules can run code or "
-            "read files while a model loads, so they are never trusted"
+            f"{EXTRA_TRUSTED_ENV} names {forbidden}: only classes of your own package can be added "
+            "(the standard library and the runtime's libraries hold members that run code or read "
+            "files while a model loads)"
         )
     return names
 
 
 def _in_forbidden_module(name: str) -> bool:
-    module = name.rpartition(".")[0]
-    return any(module == m or module.startswith(f"{m}.") for m in FORBIDDEN_MODULES)
+    top = name.partition(".")[0]
+    return "." not in name or top in sys.stdlib_module_names or top in RUNTIME_LIBRARIES
 
 
 def trusted_types(mlmodel: dict) -> list[str]:
