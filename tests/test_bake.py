@@ -103,6 +103,7 @@ BASE_FILES = [
     "tests/test_recovery.py",
     "tests/test_registry.py",
     "tests/test_serving.py",
+    "tests/test_tasks.py",
 ]
 # What one option value adds to the base.
 FILES_BY_OPTION = {

@@ -51,7 +51,12 @@ def _git(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def in_git_repository() -> bool:
-    return shutil.which("git") is not None and _git("rev-parse", "--git-dir").returncode == 0
+    """Whether the project is a git repository of its own: inside another one (a monorepo), its
+    hooks and first commit are not the project's to change."""
+    if shutil.which("git") is None:
+        return False
+    top = _git("rev-parse", "--show-toplevel")
+    return top.returncode == 0 and Path(top.stdout.strip()).resolve() == project_root().resolve()
 
 
 # The post-generation hook's message (tests/test_bake.py holds the two to the same words).
