@@ -317,15 +317,19 @@ def test_make_doctor_is_listed_and_changes_nothing_when_all_is_well(hardened):
     assert registry(hardened) == before
 
 
-def test_a_champion_whose_files_fail_their_record_is_replaced_not_a_dead_end(hardened):
-    """A champion that cannot be trusted (changed files, or no record, as one registered before
-    records existed) cannot be scored: 05 says why and the new version replaces it, instead of
-    every pipeline failing at 05."""
+def test_a_champion_without_an_integrity_record_is_replaced_not_a_dead_end(hardened):
+    """A champion that cannot be trusted (here: no record, as one registered before records
+    existed) cannot be scored: 05 says why and the new version replaces it, instead of every
+    pipeline failing at 05 for good."""
     folder = champion_files(hardened)
     before = registry(hardened)["aliases"]["champion"]
     with restored(hardened, folder):
-        skops_file = folder / "model.skops"
-        skops_file.write_bytes(skops_file.read_bytes() + b"\0")
+        hardened.mlflow_query(
+            f"""
+            client.delete_model_version_tag(MODEL_NAME, {before!r}, "model_files")
+            print("null")
+            """
+        )
         hardened.cli("pipeline", "--smoke", "--from", "05", *NO_IMAGE)  # fails if 05 does
     state = registry(hardened)
     assert state["aliases"]["champion"] != before and "challenger" not in state["aliases"]
