@@ -53,7 +53,7 @@ def main() -> int:
 Done. Everything is in {project}
   executed notebooks: {runs[-1] if runs else "runs/"}
   MLflow store:       {project / "mlflow.db"} and {project / "mlruns"}
-                      open its UI: cd {project} && make ui   (http://127.0.0.1:5000)
+                      open its UI: cd {project} && make ui   (it prints the link to the runs)
   registered model:   '{project.name}', alias champion (Models tab of the UI)
   serving image:      {image}
 """
