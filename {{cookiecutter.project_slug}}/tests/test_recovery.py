@@ -2,7 +2,6 @@
 gone, and registrations that never recorded their decision. On a temporary store, with real
 processes (a child started and killed here stands for a pipeline killed outright)."""
 
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,19 +13,6 @@ from {{ cookiecutter.package_name }} import recovery, tracking
 from {{ cookiecutter.package_name }}.registry import CHALLENGER, CHAMPION, champion_history, version_by_alias
 
 NAME = tracking.MODEL_NAME
-
-
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def client(isolated_project, empty_store):
-    shutil.copy(empty_store, isolated_project / "mlflow.db")
-    return tracking.client()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -37,20 +36,6 @@ from {{ cookiecutter.package_name }}.serving.export import seal
 from {{ cookiecutter.package_name }}.serving.integrity import RECORD_TAG, IntegrityError
 
 NAME = tracking.MODEL_NAME
-
-
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory):
-    """An MLflow SQLite store with its tables made once: creating them takes seconds."""
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def client(isolated_project, empty_store):
-    shutil.copy(empty_store, isolated_project / "mlflow.db")
-    return tracking.client()  # points MLflow at this test's store
 
 
 @pytest.fixture(scope="module")
