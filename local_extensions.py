@@ -20,6 +20,7 @@ one), and any other value gives a single folder that the hook's refusal removes 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path, PurePath
@@ -146,6 +147,34 @@ class FieldMaxLengths(Extension):
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         environment.globals["field_max_lengths"] = MAX_LENGTHS
+
+
+def _runtime_release() -> dict[str, str]:
+    """The runtime a project generated from this checkout depends on: its version, the range of
+    versions compatible with it (semantic versioning; in 0.x a minor version may break), and the
+    file name of the wheel the post-generation hook builds into the project's vendor/ folder."""
+    spec = importlib.util.spec_from_file_location(
+        "build_wheel", TEMPLATE / "runtime" / "build_wheel.py"
+    )
+    build_wheel = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_wheel)
+    version = build_wheel.version()
+    major, minor = (int(part) for part in version.split(".")[:2])
+    upper = f"{major}.{minor + 1}" if major == 0 else f"{major + 1}"
+    return {
+        "version": version,
+        "range": f">={version},<{upper}",
+        "wheel": build_wheel.wheel_name(),
+        "source": str(TEMPLATE / "runtime"),  # absolute: cookiecutter's _repo_dir may be relative
+    }
+
+
+class RuntimeRelease(Extension):
+    """Give templates the runtime's version, wheel and source folder (`runtime.version`, ...)."""
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        environment.globals["runtime"] = _runtime_release()
 
 
 class SafeProjectFolder(Extension):

@@ -7,12 +7,15 @@ A page asks for generated content with a marker alone on a line:
     <!-- files-by-option: NAME -->        what each value of NAME adds, removes and changes
     <!-- files-using: NAME -->            the default project's files holding NAME's value
     <!-- project-tree -->                 the files of the default project
-    <!-- notebooks -->                    the default project's notebooks: phase, purpose, module
+    <!-- notebooks -->                    the default project's notebooks: phase, purpose, the module
+                                          each exports and the runtime modules it calls
     <!-- rendered: PATH[#KEY] [OPTION=VALUE ...] -->
-                                          a file of a baked project, or one YAML section of it
+                                          a file of a baked project, or one YAML section or one
+                                          TOML table (`pyproject.toml#tool.crisp-ml`) of it
     <!-- make-targets -->                 the generated Makefile's targets and their help
-    <!-- cli-help: COMMAND -->            the generated project's `COMMAND --help`
+    <!-- cli-help: COMMAND -->            the generated project's `COMMAND --help` (the runtime's CLI)
     <!-- answer-limits -->                the longest value of each free-text answer
+    <!-- runtime-api -->                  the runtime's version and public API (crisp_ml's docstring)
 
 Projects are baked with cookiecutter, hooks included, always with git_init false, once per set of
 options. Baked projects are kept in build/docs-bakes/<digest>/, where the digest covers every file
@@ -24,6 +27,7 @@ on an unknown marker, on an option of cookiecutter.json that no page documents w
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
@@ -36,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,7 @@ from mkdocs.exceptions import PluginError
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 OPTIONS_FILE = TEMPLATE / "cookiecutter.json"
+RUNTIME = TEMPLATE / "runtime"  # crisp-ml-runtime, the machinery every generated project runs
 BAKES = TEMPLATE / "build" / "docs-bakes"
 MARKER = re.compile(r"^<!--\s*([a-z-]+)\s*(?::\s*(.*?))?\s*-->[ \t]*$", re.MULTILINE)
 IGNORED_IN_BAKES = (".git", "__pycache__")  # neither is made here; listed for safety
@@ -187,6 +193,8 @@ def template_digest() -> str:
     digest = hashlib.sha256(f"{cookiecutter.__version__} {sys.version}".encode())
     sources = [OPTIONS_FILE, TEMPLATE / "local_extensions.py", TEMPLATE / "hooks"]
     sources += [p for p in TEMPLATE.iterdir() if p.is_dir() and p.name.startswith("{{")]
+    # the runtime, which the post-generation hook builds into each project's vendor/ folder
+    sources += [RUNTIME / "pyproject.toml", RUNTIME / "build_wheel.py", RUNTIME / "src"]
     for source in sources:
         for path in sorted([source, *source.rglob("*")]):
             if path.is_file() and "__pycache__" not in path.parts:
@@ -295,18 +303,25 @@ def project_tree(root: Path) -> str:
 
 
 def notebooks_table(root: Path) -> str:
-    """One row per numbered notebook, from its opening cell and its `#| default_exp` cell."""
-    rows = ["| notebook | phase | what it does | exports to |", "|---|---|---|---|"]
+    """One row per numbered notebook, from its opening cell, its `#| default_exp` cell and the
+    runtime modules it imports."""
+    rows = ["| notebook | phase | what it does | its code |", "|---|---|---|---|"]
+    package = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["crisp-ml"]["package"]
     for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
         intro = next("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
-        phase = re.search(r"\*\*(.+?)\*\*\s*(.*)", intro, flags=re.S)
+        phase = re.search(r"\*\*(.+?)\*\*\s*(.*)", intro, flags=re.DOTALL)
         summary = re.split(r"(?<=\.)\s", phase.group(2).strip(), maxsplit=1)[0] if phase else ""
         sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
         modules = [m.group(1) for s in sources if (m := re.match(r"#\| default_exp (\S+)", s))]
-        exports = f"`{modules[0]}.py`" if modules else "nothing"
+        imported = sorted(
+            {m for s in sources for m in re.findall(r"^\s*from (crisp_ml\.\w+)", s, re.MULTILINE)}
+        )
+        code = [f"exports `src/{package}/{modules[0]}.py`"] if modules else []
+        code += [f"calls {', '.join(f'`{m}`' for m in imported)}"] if imported else []
         phase_text = phase.group(1).rstrip(".") if phase else ""
-        rows.append(f"| `{path.stem}` | {cell(phase_text)} | {cell(summary)} | {exports} |")
+        row = f"| `{path.stem}` | {cell(phase_text)} | {cell(summary)} | {'; '.join(code)} |"
+        rows.append(row)
     return "\n".join(rows)
 
 
@@ -323,6 +338,34 @@ def yaml_section(text: str, key: str) -> str:
     while section and (not section[-1].strip() or section[-1].lstrip().startswith("#")):
         section.pop()  # the next section's heading comment
     return "\n".join(section)
+
+
+def toml_table(text: str, key: str) -> str:
+    """One table of a TOML file (`tool.crisp-ml`), its header included, as written."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == f"[{key}]"), None)
+    if start is None:
+        raise PluginError(f"rendered: no table `[{key}]` in the file")
+    end = start + 1
+    while end < len(lines) and not lines[end].startswith("["):
+        end += 1
+    table = lines[start:end]
+    while table and (not table[-1].strip() or table[-1].lstrip().startswith("#")):
+        table.pop()  # the next table's heading comment
+    return "\n".join(table)
+
+
+def runtime_api() -> str:
+    """The runtime's version and its public API, as crisp_ml's docstring states them."""
+    source = (RUNTIME / "src" / "crisp_ml" / "__init__.py").read_text()
+    tree = ast.parse(source)
+    version = next(
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["__version__"]
+    )
+    summary, _, body = ast.get_docstring(tree).partition("\n")
+    return f"**Version {version}**: {summary.split(': ', 1)[-1]}\n\n{body.strip()}"
 
 
 def parse_value(text: str) -> Any:
@@ -343,7 +386,10 @@ def rendered(argument: str, bakery: Bakery) -> str:
     if not file.is_file():
         raise PluginError(f"rendered: a baked project has no file {path}")
     text = file.read_text()
-    text = yaml_section(text, section) if section else text.rstrip("\n")
+    if section:
+        text = (toml_table if file.suffix == ".toml" else yaml_section)(text, section)
+    else:
+        text = text.rstrip("\n")
     language = {".yaml": "yaml", ".toml": "toml", ".py": "python", ".md": "markdown"}.get(
         file.suffix, "text"
     )
@@ -355,20 +401,24 @@ def rendered(argument: str, bakery: Bakery) -> str:
 
 def make_targets(root: Path) -> str:
     """The Makefile's `target: ## help` lines as a table."""
-    found = re.findall(r"^([a-z][a-z-]*):.*?## (.*)$", (root / "Makefile").read_text(), re.MULTILINE)
+    found = re.findall(
+        r"^([a-z][a-z-]*):.*?## (.*)$", (root / "Makefile").read_text(), re.MULTILINE
+    )
     rows = ["| command | what it does |", "|---|---|"]
     rows += [f"| `make {target}` | {cell(help_text)} |" for target, help_text in found]
     return "\n".join(rows)
 
 
 def cli_help(root: Path, command: str) -> str:
-    """`<project> COMMAND --help`, run from the baked package's source (only argparse is needed)."""
-    package = next(p for p in (root / "src").iterdir() if (p / "cli.py").exists()).name
-    env = {**os.environ, "PYTHONPATH": str(root / "src"), "COLUMNS": "100"}
-    code = f"from {package}.cli import main; main()"
+    """`<project> COMMAND --help`: the runtime's command line from the project's vendored wheel
+    (Python imports from a wheel as from a zip), run in the project so it reads its settings."""
+    (wheel,) = (root / "vendor").glob("*.whl")
+    env = {**os.environ, "PYTHONPATH": str(wheel), "COLUMNS": "100", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("PROJECT_ROOT", None)
+    code = "from crisp_ml.cli import main; main()"
     done = subprocess.run(
         [sys.executable, "-c", code, *command.split(), "--help"],
-        capture_output=True, text=True, env=env, check=False, timeout=60,
+        cwd=root, capture_output=True, text=True, env=env, check=False, timeout=60,
     )  # fmt: skip
     if done.returncode != 0:
         raise PluginError(f"cli-help {command}: {done.stderr.strip()[-500:]}")
@@ -424,6 +474,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
             return cli_help(bakery.project(), argument)
         if marker == "answer-limits":
             return answer_limits()
+        if marker == "runtime-api":
+            return runtime_api()
         raise PluginError(f"{page.file.src_uri}: unknown marker `<!-- {marker} -->`")
 
     return MARKER.sub(replace, markdown)

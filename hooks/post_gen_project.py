@@ -1,10 +1,14 @@
 """After generation, only what templating cannot do well.
 
-1. Copy params.yaml's values into each notebook's `parameters` cell, with the project's own code
-   (`<package>.params.sync_notebook`), so a new project passes its own `check` for every option.
-2. Remove the folders that conditional file names left empty (`.github/` without CI): cookiecutter
+1. Build the runtime's wheel from the template's own source into vendor/ (runtime/build_wheel.py),
+   where the project's pyproject.toml finds it until the runtime is on a package index.
+2. Copy params.yaml's values into each notebook's `parameters` cell, with the runtime's own code
+   (`crisp_ml.params.sync_notebook`), so a new project passes its own `check` for every option.
+3. Record where the project came from in .cruft.json (template, commit, answers): what
+   `update` merges from, and what cruft itself reads.
+4. Remove the folders that conditional file names left empty (`.github/` without CI): cookiecutter
    cannot skip a folder whose name renders empty (cookiecutter issue #1518), only a file.
-3. `git init` with a first commit, when asked for and git is present.
+5. `git init` with a first commit, when asked for and git is present.
 """
 
 from __future__ import annotations
@@ -18,18 +22,61 @@ from pathlib import Path
 
 # User values arrive as JSON data, never as source code (see pre_gen_project.py on the quotes).
 # fmt: off
-PACKAGE = json.loads(r''' {{ cookiecutter.package_name | tojson }} ''')
-GIT_INIT = json.loads(r''' {{ cookiecutter.git_init | tojson }} ''')
+CONTEXT = json.loads(r''' {{ cookiecutter | tojson }} ''')
+RUNTIME = Path(json.loads(r''' {{ runtime.source | tojson }} '''))  # in the template checkout
 # fmt: on
+GIT_INIT = CONTEXT["git_init"]
+VENDOR = "vendor"
+CRUFT_FILE = ".cruft.json"
+
+
+def _runtime_module(name: str):
+    sys.dont_write_bytecode = True  # importing from the template must leave no __pycache__ there
+    for folder in (RUNTIME, RUNTIME / "src"):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    return importlib.import_module(name)
+
+
+def vendor_runtime(root: Path) -> None:
+    _runtime_module("build_wheel").build(root / VENDOR)
 
 
 def sync_notebook_parameters(root: Path) -> None:
-    sys.dont_write_bytecode = True  # importing the package must leave no __pycache__ in the project
-    sys.path.insert(0, str(root / "src"))
-    params = importlib.import_module(f"{PACKAGE}.params")
+    params = _runtime_module("crisp_ml.params")
     tree = params.load_yaml(root / params.PARAMS_FILE)
     for notebook in sorted((root / "notebooks").glob("*.ipynb")):
         params.sync_notebook(notebook, tree)
+
+
+def template_commit() -> str | None:
+    """The template's commit, when it is a git checkout (a changed working tree still gives HEAD)."""
+    if shutil.which("git") is None:
+        return None
+    done = subprocess.run(
+        ["git", "-C", str(RUNTIME.parent), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def record_template(root: Path) -> None:
+    """.cruft.json as cruft writes it: the answers, without the paths of this machine."""
+    answers = {k: v for k, v in CONTEXT.items() if not k.startswith("_")}
+    commit = template_commit()
+    template = CONTEXT["_template"]
+    if Path(template).expanduser().is_dir():  # a local checkout, maybe named relative to elsewhere
+        template = str(RUNTIME.parent)
+    record = {
+        "template": template,
+        "commit": commit,
+        "checkout": CONTEXT.get("_checkout"),
+        "context": {"cookiecutter": {**answers, "_template": template, "_commit": commit}},
+        "directory": None,
+    }
+    (root / CRUFT_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def remove_empty_folders(root: Path) -> None:
@@ -61,7 +108,9 @@ def git_init(root: Path) -> None:
 
 def main() -> None:
     root = Path.cwd()
+    vendor_runtime(root)
     sync_notebook_parameters(root)
+    record_template(root)
     remove_empty_folders(root)
     if GIT_INIT:
         git_init(root)

@@ -43,6 +43,9 @@ COMPUTED_NAMES = ("__model_name", "__image_name", "__kernel_name")
 # fmt: off
 RESERVED_NAMES = frozenset(
     {
+        # the runtime (import name, distribution, its `crisp-ml` command), whose code every
+        # project runs as `crisp_ml`: a package of that name would shadow it
+        "crisp_ml", "crisp_ml_runtime",
         # dependencies, by import name and by distribution name (hyphens as underscores)
         "mlflow", "mlflow_skinny", "papermill", "nbdev", "ipykernel", "IPython", "jupyter",
         "jupyterlab", "jupyter_client", "jupyter_core", "nbformat", "nbclient", "sklearn",

@@ -4,11 +4,15 @@ generated file is well-formed. Nothing is installed or executed here (that is th
 from __future__ import annotations
 
 import ast
+import base64
+import hashlib
+import importlib.util
 import json
 import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +22,26 @@ import yaml
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 OPTIONS = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+RUNTIME = TEMPLATE / "runtime"  # crisp-ml-runtime: the machinery every project depends on
+RUNTIME_PACKAGE = RUNTIME / "src" / "crisp_ml"
+
+
+def runtime_file_module(relative: str, name: str):
+    """A module of the runtime folder loaded from its file alone (stdlib-only modules), under a
+    name of its own, so that nothing named crisp_ml is imported into the tests' process."""
+    spec = importlib.util.spec_from_file_location(name, RUNTIME / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    dont_write_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = dont_write_bytecode
+        del sys.modules[name]
+    return module
+
+
+BUILD_WHEEL = runtime_file_module("build_wheel.py", "runtime_build_wheel")
 
 # Every value of every choice option appears at least once (test_combinations_cover_every_value).
 COMBINATIONS = [
@@ -34,9 +58,10 @@ COMBINATIONS = [
     pytest.param(
         {"task": "classification", "tracking": "server", "ci": "github", "docker": False,
          "license": "BSD-3-Clause", "git_init": True,
-         "project_name": "Churn Model", "project_slug": "churn", "package_name": "churn_model"},
+         "project_name": "Churn Model", "project_slug": "churn", "package_name": "churn_model",
+         "__model_name": "churn-classifier", "__kernel_name": "churn-kernel"},
         id="classification-server-github-nodocker",
-    ),  # slug and package differ, so a template that mixes them up fails here
+    ),  # slug, package, model and kernel differ, so a template that mixes them up fails here
     pytest.param(
         {"task": "regression", "tracking": "local", "ci": "none", "docker": True,
          "license": "Proprietary", "git_init": False, "project_name": "Credit_Risk v2"},
@@ -51,6 +76,7 @@ COMBINATIONS = [
 
 # The generated project's files for every combination; `{package}` is the package name.
 BASE_FILES = [
+    ".cruft.json",
     ".gitignore",
     ".pre-commit-config.yaml",
     "Makefile",
@@ -66,44 +92,12 @@ BASE_FILES = [
     "pyproject.toml",
     "schema.yaml",
     "src/{package}/__init__.py",
-    "src/{package}/cli.py",
-    "src/{package}/data.py",
-    "src/{package}/evaluation.py",
-    "src/{package}/kernel_guard.py",
-    "src/{package}/kernels.py",
-    "src/{package}/modelling.py",
-    "src/{package}/monitoring.py",
-    "src/{package}/params.py",
-    "src/{package}/pipeline.py",
-    "src/{package}/project.py",
-    "src/{package}/recovery.py",
-    "src/{package}/registry.py",
-    "src/{package}/serving/__init__.py",
-    "src/{package}/serving/__main__.py",
-    "src/{package}/serving/app.py",
-    "src/{package}/serving/bundle.py",
-    "src/{package}/serving/export.py",
-    "src/{package}/serving/image.py",
-    "src/{package}/serving/integrity.py",
-    "src/{package}/serving/model.py",
-    "src/{package}/serving/predlog.py",
-    "src/{package}/serving/schema.py",
-    "src/{package}/tasks.py",
-    "src/{package}/tracking.py",
-    "src/{package}/use_case.py",
-    "tests/conftest.py",
-    "tests/test_data.py",
-    "tests/test_evaluation.py",
-    "tests/test_integrity.py",
-    "tests/test_kernels.py",
+    "src/{package}/data.py",  # nbdev exports these two from notebooks 02 and 03;
+    "src/{package}/modelling.py",  # the machinery is the runtime's (crisp_ml)
+    "tests/test_data.py",  # the tests of the team's own modules; the runtime's are in runtime/tests
+    "tests/test_environment.py",
     "tests/test_modelling.py",
-    "tests/test_monitoring.py",
-    "tests/test_params.py",
-    "tests/test_pipeline.py",
-    "tests/test_recovery.py",
-    "tests/test_registry.py",
-    "tests/test_serving.py",
-    "tests/test_tasks.py",
+    "vendor/{wheel}",
 ]
 # What one option value adds to the base.
 FILES_BY_OPTION = {
@@ -117,8 +111,6 @@ FILES_BY_OPTION = {
         "tracking-server/postgres-entrypoint.sh",
         "tracking-server/requirements.txt",
         "tracking-server/serve.py",
-        "src/{package}/tracking_server.py",
-        "tests/test_tracking_server.py",
     ],
 }
 
@@ -153,7 +145,7 @@ def expected_files(options: dict) -> set[str]:
     for (option, value), added in FILES_BY_OPTION.items():
         if options[option] == value:
             files += added
-    return {path.format(package=package) for path in files}
+    return {path.format(package=package, wheel=BUILD_WHEEL.wheel_name()) for path in files}
 
 
 @dataclass
@@ -228,6 +220,8 @@ def test_no_empty_folders_are_left(baked):
 def test_no_template_syntax_is_left(baked):
     leftovers = []
     for name in sorted(baked.files()):
+        if name.startswith("vendor/"):
+            continue  # the runtime's wheel, built from plain Python (test_vendored_runtime_...)
         text = (baked.root / name).read_text(encoding="utf-8")
         if name.startswith(".github/"):
             text = GITHUB_EXPRESSION.sub("", text)
@@ -245,7 +239,8 @@ def test_notebooks_are_valid(baked):
 def test_pyproject_names_the_project_and_its_command(baked):
     pyproject = tomllib.loads((baked.root / "pyproject.toml").read_text())
     assert pyproject["project"]["name"] == baked.slug
-    assert pyproject["project"]["scripts"] == {baked.slug: f"{baked.package}.cli:main"}
+    # the command is the runtime's, under the project's name (`uv run <slug> pipeline`)
+    assert pyproject["project"]["scripts"] == {baked.slug: "crisp_ml.cli:main"}
 
 
 def test_every_yaml_file_parses(baked):
@@ -370,7 +365,226 @@ def test_git_repository_follows_git_init(baked):
         return
     assert baked.git("rev-list", "--count", "HEAD") == "1"
     assert baked.git("status", "--porcelain") == ""
-    # `setup` recognises this commit by its message to add uv.lock to it (tasks.py)
-    tasks = (baked.root / "src" / baked.package / "tasks.py").read_text()
+    # `setup` recognises this commit by its message to add uv.lock to it (the runtime's tasks.py)
+    tasks = (RUNTIME_PACKAGE / "tasks.py").read_text()
     message = re.search(r'^GENERATED_COMMIT = "(.+)"', tasks, flags=re.MULTILINE)[1]
     assert baked.git("log", "-1", "--format=%s") == message
+
+
+# --- the runtime: vendored, configured, recorded, and not copied into the project ---
+
+
+def runtime_version() -> str:
+    """crisp_ml.__version__, read from the runtime's source (not with build_wheel's own reader)."""
+    tree = ast.parse((RUNTIME_PACKAGE / "__init__.py").read_text())
+    (value,) = [
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["__version__"]
+    ]
+    return value
+
+
+def runtime_sources() -> dict[str, bytes]:
+    """The runtime package's files as a wheel names them (`crisp_ml/serving/app.py`)."""
+    return {
+        f"crisp_ml/{path.relative_to(RUNTIME_PACKAGE).as_posix()}": path.read_bytes()
+        for path in sorted(RUNTIME_PACKAGE.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
+
+
+def test_vendored_runtime_is_a_reproducible_build_of_the_templates_runtime(baked, tmp_path):
+    (vendored,) = (baked.root / "vendor").iterdir()
+    fresh = BUILD_WHEEL.build(tmp_path)
+    assert fresh.name == vendored.name
+    assert fresh.read_bytes() == vendored.read_bytes(), "the wheel differs from a fresh build"
+    with zipfile.ZipFile(vendored) as wheel:
+        entries = wheel.infolist()
+        contents = {entry.filename: wheel.read(entry) for entry in entries}
+    # byte for byte the same on every machine and day: no build time, no file modes of the checkout
+    assert {entry.date_time for entry in entries} == {(1980, 1, 1, 0, 0, 0)}
+    assert {entry.external_attr >> 16 for entry in entries} == {0o644}
+    # every file of the package, py.typed included, exactly as in the runtime's source
+    package = {name: data for name, data in contents.items() if name.startswith("crisp_ml/")}
+    assert package == runtime_sources()
+    info = f"crisp_ml_runtime-{runtime_version()}.dist-info"
+    metadata = contents[f"{info}/METADATA"].decode()
+    assert re.search(r"^Version: (.+)$", metadata, flags=re.MULTILINE)[1] == runtime_version()
+    assert "Name: crisp-ml-runtime" in metadata.splitlines()
+    # RECORD names every other file with its hash and size, as installers check it
+    record = [line.split(",") for line in contents[f"{info}/RECORD"].decode().splitlines()]
+    assert sorted(name for name, *_ in record) == sorted(contents)
+    for name, digest, size in record:
+        if name != f"{info}/RECORD":
+            data = contents[name]
+            expected = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            assert (digest, size) == (f"sha256={expected.decode()}", str(len(data))), name
+
+
+def test_pyproject_depends_on_the_vendored_runtime(baked):
+    pyproject = tomllib.loads((baked.root / "pyproject.toml").read_text())
+    version = runtime_version()
+    major, minor = (int(part) for part in version.split(".")[:2])
+    upper = f"{major}.{minor + 1}" if major == 0 else f"{major + 1}"  # 0.x: a minor may break
+    extra = "[server]" if baked.options["tracking"] == "server" else ""
+    assert f"crisp-ml-runtime{extra}>={version},<{upper}" in pyproject["project"]["dependencies"]
+    source = pyproject["tool"]["uv"]["sources"]["crisp-ml-runtime"]
+    assert source == {"path": f"vendor/{BUILD_WHEEL.wheel_name()}"}
+    assert (baked.root / source["path"]).is_file()
+
+
+def requirement_name(spec: str) -> str:
+    return re.match(r"[A-Za-z0-9._-]+", spec)[0].lower().replace("_", "-")
+
+
+def test_serve_group_pins_what_the_runtime_pins(baked):
+    """The image installs the `serve` group, not the runtime: each package of it must be held to
+    exactly the runtime's requirement, or a model would be served by other versions than trained."""
+    serve = tomllib.loads((baked.root / "pyproject.toml").read_text())["dependency-groups"]["serve"]
+    runtime = tomllib.loads((RUNTIME / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = {requirement_name(spec): spec.replace(" ", "") for spec in runtime}
+    differ = {
+        requirement_name(spec): (spec, pinned.get(requirement_name(spec), "<not in the runtime>"))
+        for spec in serve
+        if spec.replace(" ", "") != pinned.get(requirement_name(spec))
+    }
+    assert differ == {}, "serve group vs the runtime's dependencies"
+
+
+def test_pyproject_tells_the_runtime_about_the_project(baked):
+    table = tomllib.loads((baked.root / "pyproject.toml").read_text())["tool"]["crisp-ml"]
+    expected = {
+        "package": baked.package,
+        "model_name": baked.options.get("__model_name", baked.slug),
+        "image_name": baked.options.get("__image_name", baked.slug),
+        "kernel_name": baked.options.get("__kernel_name", baked.slug),
+        "tracking": baked.options["tracking"],
+    }
+    if baked.options["tracking"] == "server":  # a local project has no server to name
+        expected["tracking_uri"] = OPTIONS["tracking_server_uri"]
+    assert table == expected
+    # the runtime reads it as it is written
+    project = runtime_file_module("src/crisp_ml/project.py", "runtime_project")
+    settings = project._settings_of(baked.root)
+    assert (settings.name, settings.package, settings.tracking_uri) == (
+        baked.slug, baked.package, expected.get("tracking_uri"),
+    )  # fmt: skip
+    # the kernel the notebooks ask for is the one `setup` registers
+    for path in sorted((baked.root / "notebooks").glob("*.ipynb")):
+        kernelspec = json.loads(path.read_text())["metadata"]["kernelspec"]
+        assert kernelspec["name"] == table["kernel_name"], path.name
+
+
+def test_cruft_json_records_the_template_and_the_answers(baked):
+    record = json.loads((baked.root / ".cruft.json").read_text())
+    assert {"template", "commit", "checkout", "context", "directory"} <= set(record)
+    assert record["template"] == str(TEMPLATE)  # baked from this checkout
+    head = subprocess.run(["git", "-C", str(TEMPLATE), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert record["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    answers = record["context"]["cookiecutter"]
+    public = {name for name in OPTIONS if not name.startswith("_")}
+    assert public <= set(answers), f"answers missing: {sorted(public - set(answers))}"
+    given = {name: value for name, value in baked.options.items() if name in public}
+    assert {name: answers[name] for name in given} == given
+    assert (answers["project_slug"], answers["package_name"]) == (baked.slug, baked.package)
+    # nothing of the machine that baked it: cookiecutter's own paths, the output folder
+    assert not {"_output_dir", "_repo_dir"} & set(answers)
+    assert str(baked.root.parent) not in json.dumps(record)
+
+
+def definitions(source: str) -> dict[str, str]:
+    """The names a module defines at its top level (functions, classes, assignments), each with
+    its definition as `ast.dump` gives it; dunders such as `__all__` are left out."""
+    found = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            found[node.name] = ast.dump(node)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name):
+                        found[name.id] = ast.dump(node.value) if node.value else ""
+    return {name: dump for name, dump in found.items() if not re.fullmatch(r"__\w+__", name)}
+
+
+def public_runtime_modules() -> set[str]:
+    """The modules crisp_ml's docstring lists as its public API (`crisp_ml.tracking`, ...)."""
+    docstring = ast.get_docstring(ast.parse((RUNTIME_PACKAGE / "__init__.py").read_text()))
+    return set(re.findall(r"`crisp_ml\.(\w+)`", docstring))
+
+
+def runtime_modules_used(root: Path) -> set[str]:
+    """The runtime's modules a project's notebooks and package import (`tracking`, `serving`)."""
+    sources = [path.read_text() for path in (root / "src").rglob("*.py")]
+    for path in (root / "notebooks").glob("*.ipynb"):
+        cells = json.loads(path.read_text())["cells"]
+        sources += ["".join(cell["source"]) for cell in cells if cell["cell_type"] == "code"]
+    pattern = re.compile(r"^\s*(?:from|import)\s+crisp_ml\.(\w+)", flags=re.MULTILINE)
+    return {module for source in sources for module in pattern.findall(source)}
+
+
+def runtime_definitions() -> dict[str, dict[str, str]]:
+    """Module (`serving.app`) to what it defines, for every module of the runtime."""
+    return {
+        ".".join(path.relative_to(RUNTIME_PACKAGE).with_suffix("").parts): definitions(
+            path.read_text()
+        )
+        for path in sorted(RUNTIME_PACKAGE.rglob("*.py"))
+    }
+
+
+def defined_twice(
+    project: dict[str, str], runtime: dict[str, dict[str, str]], in_use: set[str]
+) -> list[str]:
+    """Names the project defines that the runtime defines too: any name of a module in use (the
+    public API, and whatever the project imports), and anything with the very same definition (a
+    copy) elsewhere. A chore's name (`crisp_ml.tasks.clean`) is free for a notebook's own use."""
+    return sorted(
+        f"{name} (crisp_ml.{module})"
+        for module, defined in runtime.items()
+        for name, dump in project.items()
+        if name in defined and (module.split(".")[0] in in_use or defined[name] == dump)
+    )
+
+
+def test_a_copy_of_the_runtime_would_be_found():
+    """The check below can fail: a public name redefined, and a copy of a chore's code."""
+    runtime = runtime_definitions()
+    assert {"cli", "tracking", "use_case", "serving"} <= public_runtime_modules()
+    tasks = (RUNTIME_PACKAGE / "tasks.py").read_text()
+    chore = next(n for n in ast.parse(tasks).body if isinstance(n, ast.FunctionDef))
+    copied = ast.get_source_segment(tasks, chore)
+    project = definitions(f"def start_phase_run():\n    pass\n\n{copied}\n")
+    found = defined_twice(project, runtime, public_runtime_modules())
+    assert found == [f"{chore.name} (crisp_ml.tasks)", "start_phase_run (crisp_ml.tracking)"]
+    # a module the project imports is in use; a chore's name with code of its own is not a copy
+    runtime = {"data": {"load_demo": "runtime's"}, "tasks": {"clean": "runtime's"}}
+    project = {"load_demo": "project's", "clean": "project's"}
+    assert defined_twice(project, runtime, {"data"}) == ["load_demo (crisp_ml.data)"]
+
+
+def test_the_project_package_defines_nothing_the_runtime_does(baked):
+    runtime = runtime_definitions()
+    in_use = public_runtime_modules() | runtime_modules_used(baked.root)
+    assert {"tracking", "project"} <= in_use
+    twice = {
+        path.name: found
+        for path in sorted((baked.root / "src" / baked.package).glob("*.py"))
+        if (found := defined_twice(definitions(path.read_text()), runtime, in_use))
+    }
+    assert twice == {}, "defined in the project and in crisp_ml"
+
+
+def test_the_project_package_holds_only_what_notebooks_export(baked):
+    sources = [
+        "".join(cell["source"])
+        for path in sorted((baked.root / "notebooks").glob("*.ipynb"))
+        for cell in json.loads(path.read_text())["cells"]
+        if cell["cell_type"] == "code"
+    ]
+    exported = {f"{m[1]}.py" for s in sources if (m := re.match(r"#\| default_exp (\S+)", s))}
+    modules = {path.name for path in (baked.root / "src" / baked.package).iterdir()}
+    assert modules - {"__init__.py"} == exported

@@ -137,3 +137,14 @@ def test_the_index_names_every_notebook_the_template_ships():
     assert notebooks
     assert [n.stem for n in notebooks if f"`{n.stem}`" not in index] == []
     assert "being built" not in index, "the index describes what a project has today"
+
+
+def test_the_runtime_page_shows_its_version_and_public_api(site):
+    source = (TEMPLATE / "runtime" / "src" / "crisp_ml" / "__init__.py").read_text()
+    version = re.search(r'^__version__ = "([^"]+)"', source, flags=re.MULTILINE)[1]
+    modules = set(re.findall(r"`(crisp_ml\.\w+)`", source))
+    assert {"crisp_ml.cli", "crisp_ml.project", "crisp_ml.tracking"} <= modules
+    page = text_of((site / "runtime" / "index.html").read_text())
+    assert f"Version {version}" in page
+    assert sorted(module for module in modules if module not in page) == []
+    assert "[tool.crisp-ml]" in page and "crisp-ml-runtime = { path = " in page

@@ -86,6 +86,10 @@ def assert_refused_as_data(message: str) -> None:
     assert "e.g. project_name='Churn Model'" in message, "the message says how to fix it"
 
 
+def test_the_template_has_files_whose_name_is_a_condition():
+    assert "{% if cookiecutter.docker %}Dockerfile{% endif %}" in CONDITIONAL
+
+
 def test_every_text_field_is_covered():
     assert {"project_name", "description", "tracking_server_uri", "__model_name"} <= set(
         TEXT_FIELDS
@@ -188,12 +192,18 @@ def own_sources() -> list[str]:
 
 
 PACKAGE = "{{cookiecutter.package_name}}"
+PROJECT = TEMPLATE / "{{cookiecutter.project_slug}}"
+# Files whose name is a condition (`{% if cookiecutter.docker %}Dockerfile{% endif %}`), as the
+# template has them today.
+CONDITIONAL = sorted(
+    path.relative_to(PROJECT).as_posix() for path in PROJECT.rglob("*") if "{%" in path.name
+)
 OWN_PATHS = [
     "{{cookiecutter.project_slug}}",
-    f"src/{PACKAGE}/cli.py",
-    f"src/{PACKAGE}/serving",
+    f"src/{PACKAGE}/data.py",
+    f"src/{PACKAGE}/modelling.py",
+    *CONDITIONAL,
     f"/tmp/out/demo-ml-project/./src/{PACKAGE}",
-    f"/tmp/out/demo-ml-project/./src/{PACKAGE}/serving",
     "/tmp/out/demo-ml-project/./src",
 ]
 NOT_OWN = [
@@ -204,7 +214,8 @@ NOT_OWN = [
     # a path of the template with something of its own around it
     f"{{{{ x }}}}/../src/{PACKAGE}",
     f"/tmp/{{{{ x }}}}/demo-ml-project/./src/{PACKAGE}",
-    f"src/{PACKAGE}/cli.py{{{{ x }}}}",
+    f"src/{PACKAGE}/data.py{{{{ x }}}}",
+    f"src/{PACKAGE}/cli.py",  # the machinery is the runtime's now: not a path of the template
     f"src/{PACKAGE}/{{{{ x }}}}",
     f"{PACKAGE}",  # a name of the tree, but not a path of it
 ]

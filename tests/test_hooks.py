@@ -23,6 +23,7 @@ TEMPLATE = Path(__file__).resolve().parents[1]
 HOOK = TEMPLATE / "hooks" / "pre_gen_project.py"
 # The project template folder, found as cookiecutter finds it.
 PROJECT = next(p for p in TEMPLATE.iterdir() if "cookiecutter" in p.name and "{{" in p.name)
+RUNTIME_SOURCE = TEMPLATE / "runtime" / "src"  # crisp_ml, which every project installs and runs
 # A payload that runs a command if a value were ever pasted into the hook's source.
 INJECTION = "x'''); import os; os.system('touch {marker}'); '''"
 VALID = {
@@ -69,6 +70,8 @@ BAD_INPUTS = [
     bad("package_name", "churn model", "package-space"),
     bad("package_name", "class", "package-keyword"),
     bad("package_name", "mlflow", "package-mlflow"),
+    bad("package_name", "crisp_ml", "package-runtime"),
+    bad("project_slug", "crisp-ml", "slug-runtime"),
     bad("package_name", "sklearn", "package-sklearn"),
     bad("package_name", "yaml", "package-yaml"),
     bad("package_name", "json", "package-stdlib"),
@@ -255,8 +258,9 @@ def test_a_problem_suggests_a_valid_name(hook):
 
 
 def project_imports() -> set[str]:
-    """Top-level modules the generated project imports, read from the template's sources."""
-    sources = [path.read_text() for path in PROJECT.rglob("*.py")]
+    """Top-level modules the generated project imports, read from the template's sources and from
+    the runtime's, whose imports run in the project's environment too."""
+    sources = [path.read_text() for path in [*PROJECT.rglob("*.py"), *RUNTIME_SOURCE.rglob("*.py")]]
     for notebook in PROJECT.rglob("*.ipynb"):
         cells = json.loads(notebook.read_text())["cells"]
         sources += ["".join(cell["source"]) for cell in cells if cell["cell_type"] == "code"]
@@ -266,5 +270,5 @@ def project_imports() -> set[str]:
 
 def test_every_module_the_project_imports_is_reserved(hook):
     imported = project_imports()
-    assert {"mlflow", "sklearn", "pandas", "yaml"} <= imported  # the reader finds imports
+    assert {"mlflow", "sklearn", "pandas", "yaml", "crisp_ml"} <= imported  # the reader finds them
     assert sorted(imported - hook.RESERVED_NAMES) == []

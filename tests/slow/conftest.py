@@ -136,11 +136,13 @@ class Project:
             self.query_process.close()
 
     def mlflow_query(self, code: str):
-        """Query the project's MLflow store with its own MLflow; `client` and `runs` are ready."""
-        prelude = f"""
+        """Query the project's MLflow store with its own MLflow; `client` and `runs` are ready, and
+        the project's experiment and registered model names as `EXPERIMENT_NAME` and `MODEL_NAME`."""
+        prelude = """
             import json, mlflow
-            from {self.options["package_name"]}.tracking import configure, EXPERIMENT_NAME, MODEL_NAME
+            from crisp_ml.tracking import configure, experiment_name, model_name
             experiment_id = configure()
+            EXPERIMENT_NAME, MODEL_NAME = experiment_name(), model_name()
             client = mlflow.MlflowClient()
             runs = client.search_runs([experiment_id], max_results=1000)
         """

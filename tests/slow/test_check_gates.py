@@ -32,9 +32,9 @@ def copy(original, tmp_path) -> Path:
 
 
 def run(original, root: Path, command: str) -> subprocess.CompletedProcess:
-    """The project's CLI on the copy: its own package (PYTHONPATH) and folder (PROJECT_ROOT)."""
-    package = original.options["package_name"]
-    code = f"from {package}.cli import main; raise SystemExit(main([{command!r}]))"
+    """The project's CLI (the runtime's) on the copy: the copy's own package (PYTHONPATH) and
+    folder (PROJECT_ROOT)."""
+    code = f"from crisp_ml.cli import main; raise SystemExit(main([{command!r}]))"
     env = original.env({"PYTHONPATH": str(root / "src"), "PROJECT_ROOT": str(root)})
     return subprocess.run(
         [str(original.python), "-c", code], cwd=root, env=env, capture_output=True, text=True,

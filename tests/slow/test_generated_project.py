@@ -108,10 +108,10 @@ def test_smoke_pipeline_leaves_the_run_tree(smoked_project):
     )
     assert {"params.yaml", "environment.txt"} <= set(tree["parent_artifacts"])
     notebooks = smoked_project.python_json(
-        f"""
+        """
         import json
         from pathlib import Path
-        from {smoked_project.options["package_name"]}.pipeline import discover
+        from crisp_ml.pipeline import discover
         print(json.dumps([n.stem for n in discover(Path("notebooks"))]))
         """
     )

@@ -5,7 +5,7 @@ with a champion from a smoke run. The attacks go through the project's own comma
 in the artifact store that asks to trust a callable (with the registry's record rewritten to match,
 as someone with write access to both could), a model file changed in place, and a YAML alias bomb.
 The crashes are real: SIGTERM and SIGKILL to a running pipeline, and SIGKILL at the points between
-two registry writes (the project's failpoints, `PIPELINE_FAILPOINT`).
+two registry writes (the runtime's failpoints, `PIPELINE_FAILPOINT`).
 """
 
 from __future__ import annotations
@@ -92,24 +92,23 @@ def rewrite_record(project, version: str, record: str) -> None:
 def graft_attack(project, folder: Path, trusted: str, marker: Path) -> None:
     """Replace the champion's model.skops with the attack, make MLmodel trust its type, and
     rewrite the registry's record to match the new files (no signing key is set here)."""
-    package = project.options["package_name"]
     project.python_json(
         f"""
         import json, sys
         from pathlib import Path
         sys.path.insert(0, "tests")
         from test_integrity import attacks
-        from {package}.serving.integrity import Record
-        from {package}.tracking import client, MODEL_NAME
+        from crisp_ml.serving.integrity import Record
+        from crisp_ml.tracking import client, model_name
         folder, marker = Path({str(folder)!r}), Path({str(marker)!r})
         (folder / "model.skops").write_bytes(attacks(marker)[{trusted!r}])
         mlmodel = folder / "MLmodel"
         mlmodel.write_text(mlmodel.read_text().replace(
             "skops_trusted_types:", "skops_trusted_types:\\n    - {trusted}"))
-        registry = client()
-        version = registry.get_model_version_by_alias(MODEL_NAME, "champion")
-        forged = Record.of(folder, MODEL_NAME).to_json()
-        registry.set_model_version_tag(MODEL_NAME, version.version, "model_files", forged)
+        registry, name = client(), model_name()
+        version = registry.get_model_version_by_alias(name, "champion")
+        forged = Record.of(folder, name).to_json()
+        registry.set_model_version_tag(name, version.version, "model_files", forged)
         print("null")
         """
     )

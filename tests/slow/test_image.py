@@ -78,12 +78,12 @@ def image(champion_project, docker_base_image):
     )
     assert tag and tag in done.stdout, "the tag is recorded on the champion version"
     expected = project.python_json(
-        f"""
+        """
         import json
         from pathlib import Path
-        from {project.options["package_name"]}.serving.image import expected_answers
+        from crisp_ml.serving.image import expected_answers
         example, expected = expected_answers(Path("build/image/bundle"))
-        print(json.dumps({{"example": example, "expected": expected}}))
+        print(json.dumps({"example": example, "expected": expected}))
         """
     )
     task = project.options["task"]
@@ -376,10 +376,9 @@ def test_prediction_log_is_written_when_asked(image, guarded):
 
 def test_refuses_to_start_on_a_tampered_model_file(image):
     """The image's own entry point, on a copy of its bundle with one byte added to the model."""
-    package = image.project.options["package_name"]
     tamper = (
         "cp -r /opt/bundle /tmp/bundle && printf x >> /tmp/bundle/model/model.skops && "
-        f"exec python -m {package}.serving --bundle /tmp/bundle"
+        "exec python -m crisp_ml.serving --bundle /tmp/bundle"
     )
     done = docker(
         "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--entrypoint", "sh", image.tag, "-c", tamper,

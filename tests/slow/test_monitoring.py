@@ -36,12 +36,11 @@ def free_port() -> int:
 
 def champion_test_rows(project) -> list[dict]:
     """The champion's held-out test rows, inputs only, as the monitoring reference finds them."""
-    package = project.options["package_name"]
     return project.python_json(
-        f"""
+        """
         import json
-        from {package}.monitoring import monitored_version, reference_sets
-        from {package}.tracking import client
+        from crisp_ml.monitoring import monitored_version, reference_sets
+        from crisp_ml.tracking import client
         mlflow_client = client()
         test = reference_sets(mlflow_client, monitored_version(mlflow_client)).test
         target = "diagnosis" if "diagnosis" in test.columns else "progression"

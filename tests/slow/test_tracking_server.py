@@ -153,8 +153,8 @@ def team_project(project_factory):
 
 
 def test_server_project_passes_its_own_check_and_tests(team_project):
-    """The files `tracking=server` adds (compose helpers, tracking_server.py, serve.py) are held
-    to the project's own gates, and its unit tests of the settings pass."""
+    """The files `tracking=server` adds (compose helpers, serve.py, tests/test_tracking_server.py)
+    are held to the project's own gates, and its unit tests of the settings pass."""
     done = team_project.cli("check")
     assert done.stdout.count("ok  ") == 6 and "FAIL" not in done.stdout, done.stdout
     done = team_project.cli("test", "-q", "tests/test_tracking_server.py")
@@ -181,11 +181,13 @@ def server(team_project, postgres, tmp_path_factory):
 
 
 def query(project, server: Server, code: str, **env: str):
-    """Python in the project's venv, against the server; `client` is an MlflowClient."""
-    prelude = f"""
+    """Python in the project's venv, against the server; `client` is an MlflowClient, and the
+    project's experiment and registered model names are `EXPERIMENT_NAME` and `MODEL_NAME`."""
+    prelude = """
         import json, mlflow
-        from {project.options["package_name"]}.tracking import configure, EXPERIMENT_NAME, MODEL_NAME
+        from crisp_ml.tracking import configure, experiment_name, model_name
         experiment_id = configure()
+        EXPERIMENT_NAME, MODEL_NAME = experiment_name(), model_name()
         client = mlflow.MlflowClient()
     """
     return project.python_json(
@@ -277,16 +279,16 @@ def test_two_pipelines_at_once_both_land_whole_and_apart(team_project, server, t
 
 # Runs that log the same new rows at the same moment, a few rounds of them: MLflow's store looks a
 # dataset up and then inserts it, so on PostgreSQL about half of such plain `mlflow.log_input`
-# calls fail on the unique key (46 of 80 measured); the project's `log_dataset_input` must link all.
+# calls fail on the unique key (46 of 80 measured); the runtime's `log_dataset_input` must link all.
 SAME_DATA_AT_ONCE = """
     import threading
     import numpy as np, pandas as pd
-    from {package}.data import log_dataset_input
+    from crisp_ml.data import log_dataset_input
 
     race_experiment = mlflow.create_experiment("same-data-at-once")
     failures, runs = [], []
     for round_ in range(8):
-        frame = pd.DataFrame({{"x": np.arange(50.0) + round_, "y": np.arange(50.0)}})
+        frame = pd.DataFrame({"x": np.arange(50.0) + round_, "y": np.arange(50.0)})
         dataset = mlflow.data.from_pandas(frame, name="train")  # new rows, a new digest
         barrier = threading.Barrier(4)
 
@@ -305,13 +307,12 @@ SAME_DATA_AT_ONCE = """
         for thread in threads:
             thread.join()
     linked = [len(client.get_run(run_id).inputs.dataset_inputs) for run_id in runs]
-    print(json.dumps({{"failures": failures, "linked": linked}}))
+    print(json.dumps({"failures": failures, "linked": linked}))
 """
 
 
 def test_runs_logging_the_same_data_at_once_all_link_it(team_project, server):
-    code = SAME_DATA_AT_ONCE.format(package=team_project.options["package_name"])
-    result = query(team_project, server, code)
+    result = query(team_project, server, SAME_DATA_AT_ONCE)
     assert result["failures"] == [], result["failures"][0]
     assert result["linked"] == [1] * 32, "every run has its dataset input"
 
@@ -461,11 +462,12 @@ def test_with_auth_on_requests_without_credentials_are_refused(team_project, aut
 
 REGISTER_LATEST_AS_CHAMPION = """
     import json, mlflow
-    from {package}.tracking import configure, MODEL_NAME
+    from crisp_ml.tracking import configure, model_name
     experiment_id = configure()
+    MODEL_NAME = model_name()
     client = mlflow.MlflowClient()
     models = client.search_logged_models([experiment_id], max_results=1,
-                                         order_by=[{{"field_name": "creation_time", "ascending": False}}])
+                                         order_by=[{"field_name": "creation_time", "ascending": False}])
     version = mlflow.register_model(models[0].model_uri, MODEL_NAME).version
     client.set_registered_model_alias(MODEL_NAME, "champion", version)
     print(json.dumps(version))
@@ -476,13 +478,14 @@ REGISTER_LATEST_AS_CHAMPION = """
 HISTORY = """
     import json, mlflow, pathlib, tempfile
     from mlflow.entities import ViewType
-    from {package}.tracking import EXPERIMENT_NAME, MODEL_NAME
+    from crisp_ml.tracking import experiment_name, model_name
+    EXPERIMENT_NAME, MODEL_NAME = experiment_name(), model_name()
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
     models = client.search_logged_models([experiment.experiment_id])
-    names = {{r.info.run_id: r.data.tags.get("mlflow.runName") for r in runs}}
-    names.update({{m.model_id: m.name for m in models}})
+    names = {r.info.run_id: r.data.tags.get("mlflow.runName") for r in runs}
+    names.update({m.model_id: m.name for m in models})
     def shown(tags):
         return sorted((k, names.get(v, v)) for k, v in tags.items() if not k.startswith("migration."))
     def artifacts(list_artifacts, path=None):
@@ -493,12 +496,12 @@ HISTORY = """
     def metrics(run):
         return sorted((m.key, m.step, m.timestamp, m.value)
                       for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key))
-    versions = client.search_model_versions(f"name = '{{MODEL_NAME}}'")
+    versions = client.search_model_versions(f"name = '{MODEL_NAME}'")
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
-    print(json.dumps({{
+    print(json.dumps({
         "runs": sorted([names[r.info.run_id], r.info.status, r.info.lifecycle_stage, r.info.start_time,
                         shown(r.data.tags), sorted(r.data.params.items()), metrics(r),
-                        sorted([d.dataset.name, d.dataset.digest, shown({{t.key: t.value for t in d.tags}})]
+                        sorted([d.dataset.name, d.dataset.digest, shown({t.key: t.value for t in d.tags})]
                                for d in r.inputs.dataset_inputs),
                         sorted(names.get(o.model_id, "?") for o in r.outputs.model_outputs),
                         sorted(artifacts(lambda path: client.list_artifacts(r.info.run_id, path)))]
@@ -510,21 +513,21 @@ HISTORY = """
         "versions": sorted([str(v.version), names.get(v.run_id),  # a number here, a string there
                             names.get(v.model_id or v.source.removeprefix("models:/")), shown(v.tags)]
                            for v in versions),
-        "aliases": {{a: str(v) for a, v in client.get_registered_model(MODEL_NAME).aliases.items()}},
+        "aliases": {a: str(v) for a, v in client.get_registered_model(MODEL_NAME).aliases.items()},
         "champion_run": names[champion.run_id],
         "model_files": sorted(p.name for p in pathlib.Path(mlflow.artifacts.download_artifacts(
-            f"models:/{{MODEL_NAME}}@champion", dst_path=tempfile.mkdtemp())).iterdir()),
-    }}, default=str))
+            f"models:/{MODEL_NAME}@champion", dst_path=tempfile.mkdtemp())).iterdir()),
+    }, default=str))
 """
 
 # Where the local store keeps the files of a run and of the champion's logged model.
 LOCAL_FOLDERS = """
     import json, mlflow
-    from {package}.tracking import configure, MODEL_NAME
+    from crisp_ml.tracking import configure, model_name
     experiment_id = configure()
     client = mlflow.MlflowClient()
     run = client.search_runs([experiment_id], "tags.mlflow.runName = '{run_name}'")[0]
-    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    champion = client.get_model_version_by_alias(model_name(), "champion")
     model = client.get_logged_model(champion.model_id or champion.source.removeprefix("models:/"))
     print(json.dumps({{"run": run.info.artifact_uri, "model": model.artifact_location}}))
 """
@@ -536,8 +539,7 @@ def local_history(team_project):
     champion; returns the environment that points the project at it."""
     local = {"MLFLOW_TRACKING_URI": f"sqlite:///{team_project.root / 'mlflow.db'}"}
     team_project.cli(*SMOKE, "--only", "01", "02", "03", env=local)
-    code = REGISTER_LATEST_AS_CHAMPION.format(package=team_project.options["package_name"])
-    team_project.python_json(textwrap.dedent(code), env=local)
+    team_project.python_json(textwrap.dedent(REGISTER_LATEST_AS_CHAMPION), env=local)
     return local
 
 
@@ -560,10 +562,9 @@ def test_local_sqlite_history_moves_to_the_server_and_a_cut_move_is_finished(
     A file of the source that cannot be read cuts the move twice, inside a run and then inside
     the champion's logged model: each time the command fails naming what it was copying; run
     again once the file is fixed, it finishes each partial copy and copies nothing twice."""
-    package = team_project.options["package_name"]
-    history = textwrap.dedent(HISTORY.format(package=package))
+    history = textwrap.dedent(HISTORY)
     before = team_project.python_json(history, env=local_history)
-    folders = LOCAL_FOLDERS.format(package=package, run_name="02_data_preparation")
+    folders = LOCAL_FOLDERS.format(run_name="02_data_preparation")
     folders = team_project.python_json(textwrap.dedent(folders), env=local_history)
     creds = {"MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
     env = {**local_history, **creds, "MLFLOW_TRACKING_URI": auth_server.url}

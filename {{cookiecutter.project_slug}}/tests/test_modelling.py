@@ -1,22 +1,10 @@
-"""Modelling: preprocessing by column type, candidates, the cross-validated search, the log."""
+"""This project's preprocessing and candidates (notebooks/03_modelling.ipynb exports them)."""
 
-import logging
-
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
-from {{ cookiecutter.package_name }} import tracking
-from {{ cookiecutter.package_name }}.modelling import (
-    SearchSettings,
-    build_preprocessor,
-    log_model,
-    make_pipeline_for,
-    pick_best,
-    scorer_for,
-    tune,
-)
+from {{ cookiecutter.package_name }}.modelling import build_preprocessor, make_pipeline_for
 
 
 def mixed_frame(rows: int = 120, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
@@ -50,51 +38,3 @@ def test_unseen_category_at_prediction_time_does_not_fail():
 def test_unknown_candidate_names_the_choices():
     with pytest.raises(ValueError, match=r"unknown candidate 'svm'"):
         make_pipeline_for("svm", "classification", seed=0)
-
-
-def test_binary_roc_auc_uses_the_binary_scorer():
-    assert scorer_for("roc_auc", pd.Series(["a", "b"])) == "roc_auc"
-    assert scorer_for("roc_auc", pd.Series(["a", "b", "c"])) == "roc_auc_ovr"
-
-
-def test_search_is_reproducible_and_beats_the_baseline():
-    X, y = mixed_frame()
-    space = {"C": [0.1, 1.0, 10.0]}
-    settings = SearchSettings(n_folds=3, n_iter=2, seed=0)
-    first = tune("linear", "classification", X, y, "roc_auc", space, settings)
-    again = tune("linear", "classification", X, y, "roc_auc", space, settings)
-    baseline = tune("baseline", "classification", X, y, "roc_auc", {}, settings)
-    assert first.cv_mean == again.cv_mean and first.best_params == again.best_params
-    assert first.cv_mean > baseline.cv_mean + 0.2
-
-
-def test_errors_are_positive_and_lower_is_better():
-    X, _ = mixed_frame()
-    y = X["income"].fillna(50) * 2
-    results = [
-        tune(name, "regression", X, y, "mae", {}, SearchSettings(3, 1, seed=0))
-        for name in ("baseline", "linear")
-    ]
-    assert all(r.cv_mean > 0 for r in results)
-    assert pick_best(results, "mae").name == "linear"
-
-
-def test_the_model_is_logged_with_its_environment_stated_and_no_warning():
-    """Left to guess, MLflow pins the training environment's pip in conda.yaml and warns "Failed to
-    resolve installed pip version" where there is none, as in the venvs uv makes."""
-    X, y = mixed_frame()
-    result = tune("linear", "classification", X, y, "roc_auc", {}, SearchSettings(3, 1, seed=0))
-    warned: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = warned.append
-    logging.getLogger("mlflow").addHandler(handler)
-    tracking.configure()
-    try:
-        with mlflow.start_run():
-            info = log_model(result, X, "classification")
-    finally:
-        logging.getLogger("mlflow").removeHandler(handler)
-    assert [record.getMessage() for record in warned] == []
-    requirements = mlflow.pyfunc.get_model_dependencies(info.model_uri)
-    with open(requirements) as file:
-        assert any(line.startswith("scikit-learn==") for line in file)

@@ -1,0 +1,18 @@
+"""crisp-ml-runtime: the machinery of a CRISP-DM notebook project, shared by every generated project.
+
+The public API is what the notebooks and a generated project import:
+
+- `crisp_ml.cli`: the command line every `make` target calls (`main` is the project's console script).
+- `crisp_ml.project`: where things live (`project_root`, `run_dir`), what one phase hands on
+  (`hand_on`, `handed_on`) and the project's own settings (`settings`, from `[tool.crisp-ml]`).
+- `crisp_ml.params`: params.yaml, one-off overrides and the notebooks' typed `parameters` cells.
+- `crisp_ml.tracking`: MLflow set-up (`start_phase_run`, `client`, `model_name`).
+- `crisp_ml.use_case`, `crisp_ml.evaluation`, `crisp_ml.registry`, `crisp_ml.monitoring`: the
+  generic steps of phases 01, 04, 05 and 06, as the library their notebooks call.
+- `crisp_ml.serving`: the model server, its bundle and integrity records, and the serving image.
+
+Everything else (the pipeline runner, warm kernels, recovery, the project's chores) is machinery
+the command line drives; its names may change between minor versions.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,356 @@
+"""The project's command line: every `make` target is one call of this, so it works without make.
+
+A project's console script (named after the project in its `[project.scripts]`) runs `main`.
+For example: `<project> pipeline --smoke --set modelling.cv_folds=3`
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .project import ProjectNotFound, ProjectSettings, settings
+
+
+def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="override one parameter, e.g. --set modelling.cv_folds=10 (repeatable, dotted keys)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--params", dest="param_files", action="append", default=[], type=Path, metavar="FILE",
+        help="a YAML file of overrides laid over params.yaml (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--smoke", action="store_true", help="a small sample and a tiny search, for CI"
+    )
+
+
+PASS_THROUGH = ("lab", "test")  # commands that hand unknown options to the tool they wrap
+MONITOR_EPILOG = """\
+exit status: 0 ok, 3 warn, 4 retrain, 1 error (a bad batch, no champion), 2 wrong usage.
+`make monitor` itself exits 2 for anything but ok: schedulers call this command.
+
+  monitor                                          judge the serving prediction log
+  monitor --set monitoring.current_path=batch.csv  judge a CSV or Parquet batch
+  monitor --shifted-batch data/shifted.csv         write a drifted demo batch (then judge it)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    project = _project()
+    parser = argparse.ArgumentParser(
+        prog=project.name if project else "crisp-ml", description=__doc__.splitlines()[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser(
+        "setup", help="register the Jupyter kernel, commit uv.lock, install the commit hook"
+    )
+    commands.add_parser("lab", help="open JupyterLab on the project (other options go to jupyter)")
+
+    pipeline = commands.add_parser("pipeline", help="run the numbered notebooks in order")
+    _pipeline_arguments(pipeline)
+    part = pipeline.add_mutually_exclusive_group()
+    part.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run just these (02 or 02_...)")
+    part.add_argument("--from", dest="start", metavar="NOTEBOOK", help="run from this one on")
+
+    show = commands.add_parser("params", help="print the parameters a pipeline run would use")
+    _pipeline_arguments(show)
+
+    commands.add_parser("check", help="lint, format, clean notebooks, export and params in sync")
+    commands.add_parser("fix", help="make `check` pass where a tool can (changes files)")
+    commands.add_parser("test", help="run the project's tests (other options go to pytest)")
+    clean = commands.add_parser("clean", help="remove executed notebooks and build leftovers")
+    clean.add_argument("--all", action="store_true", help="also delete the local MLflow store")
+    ui = commands.add_parser("ui", help="open the MLflow UI on this project's store")
+    ui.add_argument("--port", type=int, default=5000)
+    commands.add_parser(
+        "doctor", help="mark runs a killed pipeline left RUNNING; settle half-done registrations"
+    )
+    rollback = commands.add_parser(
+        "rollback", help="move the champion alias to the previous champion"
+    )
+    rollback.add_argument("--to", metavar="VERSION", help="move it to this model version instead")
+
+    serve = commands.add_parser("serve", help="serve the champion model locally, without Docker")
+    serve.add_argument("--version", help="model version to serve (default: the champion)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1")
+    monitor = commands.add_parser(
+        "monitor", help="judge current data against the training data; exit status: the verdict",
+        description="Run notebooks/06_monitoring.ipynb on a current batch: drift, performance and\n"
+        "a verdict (ok, warn or retrain), logged as an MLflow run. --set, --params and --smoke\n"
+        "also apply to the pipeline that --retrain runs.",
+        epilog=MONITOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    _pipeline_arguments(monitor)  # --smoke applies to the pipeline --retrain runs
+    monitor.add_argument(
+        "--retrain", action="store_true", help="run the pipeline when the verdict is retrain"
+    )
+    monitor.add_argument(
+        "--shifted-batch", metavar="FILE",
+        help="write the champion's test set, shifted by one standard deviation, to FILE and stop",
+    )  # fmt: skip
+    image = commands.add_parser("image", help="build and check the champion's serving image")
+    image.add_argument("--version", help="model version to build (default: the champion)")
+    image.add_argument("--base-image", help="FROM image (default: $BASE_IMAGE or the Dockerfile's)")
+    image.add_argument("--no-build", action="store_true", help="only stage build/image/")
+    image.add_argument("--no-verify", action="store_true", help="do not run the image to check it")
+    if project and project.tracking == "server":
+        _tracking_server_commands(commands)
+    return parser
+
+
+def _project() -> ProjectSettings | None:
+    try:
+        return settings()
+    except ProjectNotFound:  # `--help` outside a project still answers
+        return None
+
+
+def _tracking_server_commands(commands: argparse._SubParsersAction) -> None:
+    server = commands.add_parser(
+        "tracking-server", help="the team's MLflow server without Docker; migrate a local store"
+    )
+    server_actions = server.add_subparsers(dest="action", required=True, metavar="ACTION")
+    server_actions.add_parser("start", help="start `mlflow server` on a local PostgreSQL (.env)")
+    server_actions.add_parser("status", help="whether the server started here runs and answers")
+    server_actions.add_parser("stop", help="stop the server `start` started")
+    migrate = server_actions.add_parser(
+        "migrate", help="copy the local SQLite store's runs and models to the tracking server"
+    )
+    migrate.add_argument("--source", help="store to copy from (default: this project's mlflow.db)")
+    migrate.add_argument("--target", help="server to copy to (default: MLFLOW_TRACKING_URI)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in PASS_THROUGH:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    handler = globals()[f"_cmd_{args.command.replace('-', '_')}"]
+    try:
+        return handler(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(error: Exception) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+
+
+def _cmd_setup(args: argparse.Namespace) -> int:
+    from . import tasks
+
+    code = tasks.register_kernel()
+    if code != 0:
+        return code
+    print(f"Jupyter kernel '{settings().kernel_name}' registered; open notebooks with `make lab`.")
+    if tasks.in_git_repository():
+        tasks.commit_lock_file()
+        code = tasks.install_commit_hook()
+    return code
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from . import tasks
+
+    return tasks.lab(args.extra)
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from . import pipeline
+    from .params import ParamsError
+
+    try:
+        plan = pipeline.plan(args.param_files, args.sets, args.smoke, args.only, args.start)
+    except ParamsError as error:
+        return _fail(error)
+    names = ", ".join(n.stem for n in plan.notebooks)
+    print(f"Running {len(plan.notebooks)} notebooks{' (smoke)' if args.smoke else ''}: {names}")
+    try:
+        outcome = pipeline.run(plan)
+    except pipeline.PipelineError as error:
+        return _fail(error)
+    print(f"Pipeline finished in {outcome.seconds:.1f} s.")
+    print(f"  executed notebooks: {outcome.run_dir}")
+    print(f"  MLflow run:         {outcome.run_id} (open the UI with `make ui`)")
+    return 0
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from . import monitoring, pipeline
+    from .params import ParamsError
+
+    try:
+        notebook = pipeline.on_demand_notebook("06_monitoring")
+        plan = pipeline.plan(args.param_files, args.sets, args.smoke, notebooks=[notebook])
+        if args.shifted_batch:
+            target = plan.tree["data"]["target"]
+            version = plan.tree["monitoring"]["model_version"]
+            path, rows = monitoring.write_shifted_batch(args.shifted_batch, target, version)
+            print(f"Wrote {rows} shifted rows to {path}; judge them with:")
+            print(f'  make monitor ARGS="--set monitoring.current_path={args.shifted_batch}"')
+            return 0
+        outcome = pipeline.run_on_demand(plan, kind="monitoring")
+        verdict = monitoring.read_verdict(outcome.run_dir)
+    except (ParamsError, pipeline.PipelineError, monitoring.MonitoringError) as error:
+        return _fail(error)
+    print(f"Verdict: {verdict['verdict']}")
+    for reason in verdict["reasons"]:
+        print(f"  - {reason}")
+    print(f"  executed notebook: {outcome.executed[0]}")
+    print(f"  MLflow run:        {outcome.run_id} (open the UI with `make ui`)")
+    if args.retrain and verdict["verdict"] == "retrain":
+        print("Retraining (--retrain): running the pipeline")
+        if code := _cmd_pipeline(argparse.Namespace(**{**vars(args), "only": None, "start": None})):
+            return code
+    code = monitoring.EXIT_CODES[verdict["verdict"]]
+    print(f"exit status {code} ({verdict['verdict']})")
+    return code
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    import yaml
+
+    from . import pipeline
+    from .params import ParamsError
+
+    try:
+        plan = pipeline.plan(args.param_files, args.sets, args.smoke)
+    except ParamsError as error:
+        return _fail(error)
+    print(yaml.safe_dump(plan.tree, sort_keys=False), end="")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from . import tasks
+
+    return tasks.check()
+
+
+def _cmd_fix(args: argparse.Namespace) -> int:
+    from . import tasks
+
+    return tasks.fix()
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    import pytest
+
+    from .project import project_root
+
+    os.chdir(project_root())  # pytest reads its settings from pyproject.toml here
+    return pytest.main(args.extra)
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from . import tasks
+
+    return tasks.clean(everything=args.all)
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from . import tasks, tracking
+
+    uri = tracking.tracking_uri()
+    if not uri.startswith("sqlite:"):
+        print(f"Runs are on the tracking server: open {uri} in a browser.")
+        return 0
+    command = [
+        sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(args.port),
+        "--backend-store-uri", uri, "--default-artifact-root", tracking.artifact_root().as_uri(),
+    ]  # fmt: skip
+    # MLflow 3's UI opens in its GenAI view (traces) unless told otherwise: link the training runs.
+    runs = f"#/experiments/{tracking.configure()}/runs?workflowType=machine_learning"
+    print(f"MLflow UI: the training runs at http://127.0.0.1:{args.port}/{runs} (Ctrl+C stops it)")
+    return tasks.become(*command)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from . import recovery, tracking
+
+    if problem := tracking.server_problem():
+        return _fail(RuntimeError(problem))
+    repairs = recovery.repair()
+    for line in repairs.lines():
+        print(line)
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from . import registry
+
+    try:
+        move = registry.rollback(to=args.to)
+    except registry.RegistryError as error:
+        return _fail(error)
+    print(move)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serving import export
+    from .serving.__main__ import run
+    from .serving.integrity import IntegrityError
+    from .serving.model import ModelLoadError
+
+    try:
+        bundle, manifest = export.export_bundle(args.version)
+    except (export.RegistryError, IntegrityError, ModelLoadError) as error:
+        return _fail(error)
+    model = manifest["model"]
+    print(f"Serving {model['name']} version {model['version']} from {bundle}")
+    print(f"  http://{args.host}:{args.port}/docs  (Ctrl+C stops it)")
+    return run(bundle, args.host, args.port)
+
+
+def _cmd_image(args: argparse.Namespace) -> int:
+    from .serving import export, image
+    from .serving.integrity import IntegrityError
+    from .serving.model import ModelLoadError
+
+    try:
+        if args.no_build:
+            context, _ = image.stage(args.version)
+            print(f"Staged {context}; build it with: docker build -t {settings().image_name}:dev .")
+            return 0
+        if args.no_verify:
+            built = image.build(args.version, args.base_image)
+            export.record_image(built.version, built.tag)
+            print(f"Image {built.tag} ({built.size_bytes / 1e6:.0f} MB); tag recorded")
+            return 0
+        tag = image.build_and_verify(args.version, base_image=args.base_image)
+    except (export.RegistryError, image.ImageError, IntegrityError, ModelLoadError) as error:
+        return _fail(error)
+    if tag is None:
+        return 1
+    print(f"Image {tag}")
+    return 0
+
+
+def _cmd_tracking_server(args: argparse.Namespace) -> int:
+    from . import tracking_server as server
+
+    try:
+        if args.action == "start":
+            server.start()
+        elif args.action == "stop":
+            server.stop()
+        elif args.action == "status":
+            return server.status()
+        else:
+            print(server.migrate(args.source, args.target))
+    except server.TrackingServerError as error:
+        return _fail(error)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Evaluation: metrics on tiny known arrays, segments, fairness, the acceptance gate, the model card."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crisp_ml.evaluation import (
+    CardFacts,
+    Criterion,
+    EvaluationError,
+    Gate,
+    GateFailed,
+    Predictions,
+    acceptance_gate,
+    business_cost,
+    check_fairness_limits,
+    classification_metrics,
+    enforce,
+    fairness,
+    generalization_gaps,
+    markdown_table,
+    metric_value,
+    model_card,
+    positive_label,
+    regression_metrics,
+    sanity_criteria,
+    segment_groups,
+    segment_metrics,
+    worst_segment,
+)
+from crisp_ml.use_case import UseCase
+
+CLASSES = ["no", "yes"]
+
+
+def binary(y_true, y_pred, p_yes=None) -> Predictions:
+    y_true, y_pred = np.array(y_true, dtype=object), np.array(y_pred, dtype=object)
+    proba = None
+    if p_yes is not None:
+        p_yes = np.asarray(p_yes, dtype=float)
+        proba = np.column_stack([1 - p_yes, p_yes])
+    return Predictions(y_true, y_pred, proba, CLASSES)
+
+
+def numbers(y_true, y_pred) -> Predictions:
+    return Predictions(np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float))
+
+
+def use_case(task="classification", metric="roc_auc", threshold=0.9, **extra) -> UseCase:
+    texts = dict.fromkeys(["problem", "business_goal", "audience", "kpi"], "text")
+    return UseCase(task=task, metric=metric, threshold=threshold, **texts, **extra)
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def test_classification_metrics_on_a_known_example():
+    preds = binary(["no", "no", "yes", "yes"], ["no", "yes", "yes", "yes"], [0.1, 0.6, 0.7, 0.9])
+    values = classification_metrics(preds, "yes")
+    assert values["accuracy"] == pytest.approx(0.75)
+    assert values["roc_auc"] == pytest.approx(1.0)  # every "yes" scores above every "no"
+    assert values["precision_yes"] == pytest.approx(2 / 3)
+    assert values["recall_no"] == pytest.approx(0.5)
+    assert values["f1"] == pytest.approx((2 / 3 + 0.8) / 2)  # macro average
+    assert values["log_loss"] > 0
+
+
+def test_roc_auc_follows_the_positive_class_and_is_nan_with_one_class():
+    preds = binary(["no", "yes", "yes"], ["no", "yes", "no"], [0.2, 0.9, 0.4])
+    assert metric_value("roc_auc", preds, "yes") == pytest.approx(1.0)
+    assert metric_value("roc_auc", preds, "no") == pytest.approx(1.0)  # same ranking, other side
+    assert math.isnan(metric_value("roc_auc", preds.subset(np.array([1, 2])), "yes"))
+
+
+def test_regression_metrics_and_mape_only_without_zero_targets():
+    values = regression_metrics(numbers([1.0, 2.0, 4.0], [2.0, 2.0, 2.0]))
+    assert values["mae"] == pytest.approx(1.0)
+    assert values["rmse"] == pytest.approx(math.sqrt(5 / 3))
+    assert values["mape"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert "mape" not in regression_metrics(numbers([0.0, 2.0], [1.0, 2.0]))
+
+
+def test_positive_label_defaults_to_the_second_class_and_rejects_unknown_ones():
+    assert positive_label(CLASSES, "") == "yes"
+    assert positive_label([0, 1], "1") == 1
+    assert positive_label(["a", "b", "c"], "") is None
+    with pytest.raises(EvaluationError, match=r"use_case\.positive_class 'maybe'"):
+        positive_label(CLASSES, "maybe")
+
+
+def test_business_cost_prices_false_positives_and_negatives():
+    preds = binary(["no", "no", "yes", "yes"], ["yes", "no", "no", "yes"])
+    cost = business_cost(preds, "yes", {"false_positive": 1.0, "false_negative": 10.0})
+    assert (cost["false_positives"], cost["false_negatives"]) == (1, 1)
+    assert cost["cost_total"] == pytest.approx(11.0)
+    assert cost["cost_per_case_flag_all"] == pytest.approx(2 * 1.0 / 4)
+    assert cost["cost_per_case_flag_none"] == pytest.approx(2 * 10.0 / 4)
+    assert business_cost(preds, "yes", {}) is None
+
+
+def test_multiclass_cost_ignores_mixups_between_other_classes():
+    preds = Predictions(np.array(["a", "b", "c"], dtype=object), np.array(["b", "a", "c"], dtype=object),
+                        None, ["a", "b", "c"])  # fmt: skip
+    cost = business_cost(preds, "c", {"false_positive": 1.0, "false_negative": 5.0})
+    assert cost["cost_total"] == 0.0  # a <-> b says nothing about "c"
+
+
+# --- sanity checks -------------------------------------------------------------------------------
+
+
+def test_constant_predictions_and_a_model_no_better_than_the_dummy_fail():
+    preds = numbers([1.0, 2.0, 3.0], [2.0, 2.0, 2.0])
+    baseline, constant = sanity_criteria("mae", 0.67, baseline_value=0.67, margin=0.1, preds=preds)
+    assert not baseline.passed and baseline.limit == pytest.approx(0.57)  # errors: below the dummy
+    assert not constant.passed
+    better, varied = sanity_criteria("roc_auc", 0.9, 0.5, 0.1, binary(["no", "yes"], ["no", "yes"]))
+    assert better.passed and better.limit == pytest.approx(0.6) and varied.passed
+
+
+def test_generalization_gaps_are_flagged_above_the_limit():
+    gaps = generalization_gaps({"training": 1.0, "cross-validation": 0.9, "test": 0.88}, 0.05)
+    assert gaps["flagged"].tolist() == [True, False, True]
+
+
+# --- segments and fairness -----------------------------------------------------------------------
+
+
+def test_many_valued_numbers_are_cut_into_labelled_quartiles():
+    frame = pd.DataFrame({"age": np.arange(20.0), "sex": [1.0, 2.0] * 10})
+    quartiles = segment_groups(frame, "age")
+    assert quartiles.nunique() == 4
+    assert quartiles.iloc[0] == "Q1 (0 to 4)" and quartiles.iloc[-1] == "Q4 (15 to 19)"
+    assert set(segment_groups(frame, "sex")) == {"1.0", "2.0"}  # few values stay groups
+
+
+def test_a_missing_value_is_a_group_and_a_missing_column_names_the_key():
+    frame = pd.DataFrame({"city": ["a", None, "b"]})
+    assert segment_groups(frame, "city").tolist() == ["a", "missing", "b"]
+    with pytest.raises(
+        EvaluationError, match=r"use_case\.segments: column 'region' is not in the data"
+    ):
+        segment_groups(frame, "region")
+
+
+def test_the_worst_segment_follows_the_metric_direction():
+    frame = pd.DataFrame({"site": ["a", "a", "b", "b"]})
+    preds = numbers([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 1.0, 5.0])
+    table = segment_metrics(preds, frame, ["site"], "mae", None)
+    assert table[["group", "rows", "mae"]].to_numpy().tolist() == [["a", 2, 0.5], ["b", 2, 2.0]]
+    assert worst_segment(table, "mae")["group"] == "b"  # an error: the largest is the worst
+
+
+def test_groups_where_the_metric_is_undefined_cannot_be_the_worst():
+    frame = pd.DataFrame({"site": ["a", "a", "b", "b"]})
+    preds = binary(["no", "yes", "no", "no"], ["no", "yes", "no", "yes"], [0.1, 0.8, 0.2, 0.7])
+    table = segment_metrics(preds, frame, ["site"], "roc_auc", "yes")
+    assert math.isnan(table.loc[1, "roc_auc"])  # site b holds one class only
+    assert worst_segment(table, "roc_auc")["group"] == "a"
+    assert worst_segment(table.iloc[[1]], "roc_auc") is None
+
+
+def test_fairness_measures_on_known_groups():
+    frame = pd.DataFrame({"sex": ["f", "f", "m", "m"]})
+    preds = binary(["yes", "no", "yes", "no"], ["yes", "yes", "no", "no"])
+    table, groups = fairness(preds, frame, ["sex"], "classification", "yes")
+    values = dict(zip(table["measure"], table["value"], strict=True))
+    assert values["demographic_parity_difference"] == pytest.approx(1.0)  # f: all flagged, m: none
+    assert values["equalized_odds_difference"] == pytest.approx(1.0)
+    assert set(groups["group"]) == {"f", "m"}
+    gap, _ = fairness(numbers([1, 1, 1, 1], [1, 2, 1, 5]), frame, ["sex"], "regression", None)
+    assert gap["value"].tolist() == [pytest.approx(1.5)]  # MAE 0.5 against 2.0
+
+
+def test_unknown_fairness_limits_name_the_measures():
+    check_fairness_limits({"error_gap": 5.0}, "regression")
+    with pytest.raises(EvaluationError, match=r"use_case\.fairness_limits has \['error_gap'\]"):
+        check_fairness_limits({"error_gap": 5.0}, "classification")
+
+
+# --- the gate ------------------------------------------------------------------------------------
+
+
+def test_criteria_respect_direction_and_fail_when_undefined():
+    assert Criterion("auc", 0.95, 0.9, ">=").passed
+    assert not Criterion("mae", 60.0, 55.0, "<=").passed
+    assert Criterion("mae", 55.0, 55.0, "<=").passed  # the limit itself is acceptable
+    assert not Criterion("auc", math.nan, 0.9, ">=").passed
+
+
+def test_gate_fails_listing_each_failed_criterion_with_value_and_limit():
+    fair = pd.DataFrame([{"attribute": "sex", "measure": "error_gap", "value": 12.0}])
+    worst = pd.Series({"segment": "age", "group": "Q1 (19 to 42)", "mae": 80.0})
+    gate = acceptance_gate(
+        use_case("regression", "mae", 55.0, segments=["age"], sensitive_attributes=["sex"]),
+        test_value=50.0, sanity=[], worst=worst, worst_threshold=70.0,
+        fairness_table=fair, fairness_limits={"error_gap": 10.0},
+    )  # fmt: skip
+    assert [c.passed for c in gate.criteria] == [True, False, False]
+    report = gate.report()
+    assert "worst segment mae (age = Q1 (19 to 42)): 80, needs <= 70" in report
+    assert "error_gap (sex): 12, needs <= 10" in report
+    assert "mae on the test set" not in report
+    with pytest.raises(GateFailed, match="acceptance gate failed"):
+        enforce(gate)
+
+
+def test_gate_passes_and_measures_without_limits_are_not_gated():
+    fair = pd.DataFrame(
+        [{"attribute": "sex", "measure": "demographic_parity_difference", "value": 0.9}]
+    )
+    gate = acceptance_gate(use_case(sensitive_attributes=["sex"]), 0.95, [], None, 0.8, fair, {})
+    assert gate.passed and len(gate.criteria) == 1
+    enforce(gate)  # does not raise
+    assert gate.as_dict()["passed"] is True
+
+
+def test_segments_undefined_everywhere_fail_the_gate():
+    gate = acceptance_gate(use_case(segments=["site"]), 0.95, [], None, 0.8, pd.DataFrame(
+        columns=["attribute", "measure", "value"]), {})  # fmt: skip
+    assert not gate.passed
+    assert "undefined" in gate.report()
+
+
+# --- the model card ------------------------------------------------------------------------------
+
+
+def test_markdown_table_formats_numbers_and_escapes_pipes():
+    table = markdown_table(pd.DataFrame({"name": ["a|b"], "value": [0.123456], "ok": [False]}))
+    assert table.splitlines() == [
+        "| name | value | ok |",
+        "|---|---|---|",
+        "| a\\|b | 0.1235 | **no** |",
+    ]
+
+
+def test_model_card_states_verdict_metrics_segments_and_lineage():
+    uc = use_case(segments=["site"])
+    gate = Gate([Criterion("roc_auc on the test set", 0.97, 0.9, ">=")])
+    segments = pd.DataFrame({"segment": ["site"], "group": ["a"], "rows": [10], "roc_auc": [0.97]})
+    card = model_card(
+        CardFacts(
+            model_name="demo", use_case=uc, candidate="linear", hyperparameters={"C": "1.0"},
+            model_uri="models:/m-1", data={"source": "demo", "test_rows": 40, "sample_rows": 200},
+            metrics={"roc_auc": 0.97}, scores={"test": 0.97},
+            gaps=generalization_gaps({"training": 0.99, "cross-validation": 0.98, "test": 0.97}, 0.05),
+            segments=segments, worst=segments.iloc[0], fairness=pd.DataFrame(), gate=gate,
+            lineage={"git commit": "abc123", "evaluation run": "run-4"},
+        )
+    )  # fmt: skip
+    for expected in ("# Model card: demo", "Acceptance gate: **passed**", "| C | 1.0 |",
+                     "| roc_auc | 0.97 |", "site = a", "| git commit | abc123 |",
+                     "sample of 200 rows", "fairness was not assessed"):  # fmt: skip
+        assert expected in card
+
+
+@pytest.mark.parametrize("stated", [["Adults of one hospital only."], []])
+def test_the_card_lists_the_limitations_the_use_case_states_and_no_placeholder(stated):
+    gate = Gate([Criterion("roc_auc on the test set", 0.97, 0.9, ">=")])
+    gaps = generalization_gaps(dict.fromkeys(["training", "cross-validation", "test"], 0.97), 0.05)
+    card = model_card(
+        CardFacts(
+            model_name="demo", use_case=use_case(limitations=stated), candidate="linear",
+            hyperparameters={}, model_uri="models:/m-1", data={"test_rows": 400}, metrics={},
+            scores={}, gaps=gaps, segments=pd.DataFrame(), worst=None, fairness=pd.DataFrame(),
+            gate=gate, lineage={},
+        )
+    )  # fmt: skip
+    limits = card.split("## Limitations")[1].split("##")[0]
+    assert "TODO" not in card
+    if stated:
+        assert "- Adults of one hospital only." in limits
+    else:
+        assert "`use_case.limitations`" in limits
