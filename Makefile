@@ -7,7 +7,7 @@ endif
 
 .DEFAULT_GOAL := help
 # the template's own Python: `make lint` fixes it, tests/test_lint.py checks it (reads this line)
-OWN_CODE := tests benchmarks tools hooks local_extensions.py
+OWN_CODE := tests benchmarks tools hooks local_extensions.py runtime
 .PHONY: help demo test fast lint docs
 
 help: ## list the targets
@@ -23,7 +23,7 @@ demo: uv-present ## generate a default project in build/demo, set it up, run its
 test: uv-present ## the template's tests: the fast lane and the slow lane (generated projects run for real)
 	$(UV) run --group test pytest -n auto --dist loadgroup
 
-fast: uv-present ## only the fast lane (seconds)
+fast: uv-present ## only the fast lane: the template baked, the runtime tested (about two minutes)
 	$(UV) run --group test pytest -m "not slow"
 
 lint: uv-present ## fix and format the template's own Python with ruff (the fast lane checks it)

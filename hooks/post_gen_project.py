@@ -62,9 +62,14 @@ def template_commit() -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def _derived(key: str) -> bool:
+    return key.startswith("__") and key != "__prompts__"
+
+
 def record_template(root: Path) -> None:
     """.cruft.json as cruft writes it: the answers, without the paths of this machine."""
-    answers = {k: v for k, v in CONTEXT.items() if not k.startswith("_")}
+    # Answers, and the derived names one may set (`__model_name`...); not cookiecutter's own keys.
+    answers = {k: v for k, v in CONTEXT.items() if not k.startswith("_") or _derived(k)}
     commit = template_commit()
     template = CONTEXT["_template"]
     if Path(template).expanduser().is_dir():  # a local checkout, maybe named relative to elsewhere

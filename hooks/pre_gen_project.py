@@ -55,6 +55,8 @@ RESERVED_NAMES = frozenset(
         "httpx", "prometheus_client", "psutil",
         "docker", "pytest", "ruff", "pre_commit", "hatchling", "schemathesis", "hypothesis",
         "nbconvert", "ipywidgets", "tqdm",
+        # the runtime's `update` command: it regenerates the template and merges notebooks
+        "cookiecutter", "nbdime", "cruft",
         # the generated project's own folders, and names Python or pytest treat specially
         "src", "test", "tests", "notebooks", "data", "conftest", "setup", "site",
         # standard-library modules the project imports (also covered by stdlib_module_names)

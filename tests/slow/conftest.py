@@ -149,13 +149,13 @@ class Project:
         return self.python_json(textwrap.dedent(prelude) + textwrap.dedent(code))
 
 
-def bake(output_dir: Path, **options) -> Project:
+def bake(output_dir: Path, template: str = str(TEMPLATE), checkout=None, **options) -> Project:
     context = {"project_name": "Slow Lane", "git_init": True, **options}
-    root = Path(
-        cookiecutter(
-            str(TEMPLATE), no_input=True, output_dir=str(output_dir), extra_context=context
-        )
-    )
+    made = cookiecutter(
+        template, checkout=checkout, no_input=True, output_dir=str(output_dir),
+        extra_context=context,
+    )  # fmt: skip
+    root = Path(made)
     package = root.name.replace("-", "_")
     return Project(root, root.name, {"package_name": package, **context})
 
@@ -181,6 +181,16 @@ def project_factory(tmp_path_factory):
     yield make_project
     for project in made.values():
         project.close()
+
+
+@pytest.fixture(scope="session")
+def generate_and_install():
+    """Generate a project from a template source (a path or URL) at a commit, and install it."""
+
+    def make(template: str, checkout: str, output_dir: Path, **options) -> Project:
+        return install(bake(output_dir, template, checkout, **options))
+
+    return make
 
 
 @pytest.fixture(scope="session", params=["classification", "regression"])

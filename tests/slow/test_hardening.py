@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+RUNTIME_TESTS = Path(__file__).resolve().parents[2] / "runtime" / "tests"  # attacks live there
+
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hardening")]
 
 NO_IMAGE = ["--set", "deployment.build_image=false"]  # images are tested on the smoked projects
@@ -96,7 +98,7 @@ def graft_attack(project, folder: Path, trusted: str, marker: Path) -> None:
         f"""
         import json, sys
         from pathlib import Path
-        sys.path.insert(0, "tests")
+        sys.path.insert(0, {str(RUNTIME_TESTS)!r})
         from test_integrity import attacks
         from crisp_ml.serving.integrity import Record
         from crisp_ml.tracking import client, model_name

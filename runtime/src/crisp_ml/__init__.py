@@ -10,6 +10,9 @@ The public API is what the notebooks and a generated project import:
 - `crisp_ml.use_case`, `crisp_ml.evaluation`, `crisp_ml.registry`, `crisp_ml.monitoring`: the
   generic steps of phases 01, 04, 05 and 06, as the library their notebooks call.
 - `crisp_ml.serving`: the model server, its bundle and integrity records, and the serving image.
+- `crisp_ml.update`: `make update`, a newer template merged into the project.
+- Two names the notebooks read: `crisp_ml.pipeline.PARENT_RUN_ENV` (the pipeline's parent run) and
+  the registration tags of `crisp_ml.recovery` (`DECISION_TAG`, `PENDING`, `REGISTERED_BY_TAG`).
 
 Everything else (the pipeline runner, warm kernels, recovery, the project's chores) is machinery
 the command line drives; its names may change between minor versions.

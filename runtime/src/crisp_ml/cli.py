@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--base-image", help="FROM image (default: $BASE_IMAGE or the Dockerfile's)")
     image.add_argument("--no-build", action="store_true", help="only stage build/image/")
     image.add_argument("--no-verify", action="store_true", help="do not run the image to check it")
+    update = commands.add_parser(
+        "update", help="merge a newer template version into the project (see .cruft.json)"
+    )
+    update.add_argument(
+        "--to", metavar="REF", help="template commit, tag or branch (default: its newest)"
+    )
+    update.add_argument("--template", metavar="SOURCE", help="fetch the template from here instead")
     if project and project.tracking == "server":
         _tracking_server_commands(commands)
     return parser
@@ -332,6 +339,33 @@ def _cmd_image(args: argparse.Namespace) -> int:
     if tag is None:
         return 1
     print(f"Image {tag}")
+    return 0
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    from . import update
+
+    try:
+        outcome = update.update(args.to, args.template)
+    except update.UpdateError as error:
+        return _fail(error)
+    if outcome.old == outcome.new:
+        print(f"Already at the template's {outcome.new[:12]}.")
+        return 0
+    print(
+        f"Template {outcome.old[:12]} -> {outcome.new[:12]}: {len(outcome.changed)} files merged."
+    )
+    for name in outcome.changed:
+        print(f"  merged   {name}")
+    for name in outcome.conflicts:
+        print(f"  CONFLICT {name}")
+    if outcome.conflicts:
+        print(
+            "Both sides changed the same lines or cells: look for <<<<<<< your project ... "
+            ">>>>>>> the template now, keep what you want, then `make setup` and `make check`."
+        )
+        return 1
+    print("Review with `git diff`, then `make setup`, `make check` and `make test`; commit.")
     return 0
 
 

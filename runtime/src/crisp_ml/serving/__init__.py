@@ -8,7 +8,7 @@ What runs in the image imports no MLflow (the image holds only the `serve` depen
     schema   requests in MLflow's scoring formats and CSV, checked against the signature
     predlog  the optional, size-bounded JSON Lines prediction log
     app      the FastAPI app: /invocations /predict /ping /health /version /metadata /metrics
-    __main__ `python -m <package>.serving`: integrity check, then uvicorn
+    __main__ `python -m crisp_ml.serving`: integrity check, then uvicorn
 
 What runs on the developer's machine, with MLflow and Docker:
     export   a registered model version as a bundle, or loaded here, checked against its record;

@@ -1,4 +1,4 @@
-"""`python -m <package>.serving`: verify the bundle, load the model, serve it with uvicorn.
+"""`python -m crisp_ml.serving`: verify the bundle, load the model, serve it with uvicorn.
 
 The image's entry point, and what `<project> serve` runs after exporting a bundle. Exit codes:
 2 bad setting, 3 integrity check failed (a model file differs from the manifest), 4 the model

@@ -1,7 +1,7 @@
 """The serving image: stage a build context from the registry, build it, run it, check its answers.
 
     build/image/requirements.txt   the `serve` dependency group of pyproject.toml
-    build/image/app/<package>/     the runtime modules of this package (no MLflow among them)
+    build/image/app/crisp_ml/      the serving modules of the runtime (no MLflow among them)
     build/image/bundle/            the model version and its manifest (see export.py)
 
 `build_and_verify()` is what 05_deployment and `make image` call. The Docker engine is reached
