@@ -12,7 +12,7 @@ Everything runs on loopback, bounded by --requests per measurement:
     prepared request on a raw socket, so the client's own cost stays out of the numbers;
     `--client http.client` for the standard library's client):
     `mlflow models serve --env-manager local` (1 worker) and this server (`python -m
-    <package>.serving`, uvicorn, 1 worker), both on the same exported model folder; the two are
+    crisp_ml.serving`, uvicorn, 1 worker), both on the same exported model folder; the two are
     measured in alternation --repeat times and the best run of each is kept (the machine is shared);
     with --prediction-log, this server once more with PREDICTION_LOG on (a fresh file in a temporary
     folder), and a table of what the log costs; with --baseline, the server of another generated
@@ -159,10 +159,12 @@ class Project:
 
 def find_project(path: Path) -> Project:
     root = path.resolve()
-    packages = [p.parents[1].name for p in (root / "src").glob("*/serving/app.py")]
-    if not (root / ".venv").is_dir() or not packages:
-        sys.exit(f"{root} is not a generated project after `make setup` (no .venv or serving app)")
-    return Project(root, packages[0])
+    generated = (root / "pyproject.toml").is_file() and "[tool.crisp-ml]" in (
+        root / "pyproject.toml"
+    ).read_text()
+    if not (root / ".venv").is_dir() or not generated:
+        sys.exit(f"{root} is not a generated project after `make setup` (no .venv or runtime)")
+    return Project(root, "crisp_ml")  # the serving modules are the runtime's
 
 
 def free_port() -> int:

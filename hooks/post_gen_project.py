@@ -50,30 +50,39 @@ def sync_notebook_parameters(root: Path) -> None:
 
 
 def template_commit() -> str | None:
-    """The template's commit, when it is a git checkout (a changed working tree still gives HEAD)."""
+    """The commit of the template's own git checkout (a changed working tree still gives HEAD);
+    None when the template is no checkout of its own (say, a copy inside another repository)."""
     if shutil.which("git") is None:
         return None
-    done = subprocess.run(
-        ["git", "-C", str(RUNTIME.parent), "rev-parse", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout.strip() if done.returncode == 0 else None
+
+    def git(*args: str) -> str | None:
+        done = subprocess.run(
+            ["git", "-C", str(RUNTIME.parent), *args], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != RUNTIME.parent.resolve():
+        return None
+    return git("rev-parse", "HEAD")
 
 
-def _derived(key: str) -> bool:
-    return key.startswith("__") and key != "__prompts__"
+def template_source() -> str:
+    """Where `update` fetches the template again: the git URL it was generated from (without
+    credentials), or else the local checkout's absolute path."""
+    from cookiecutter.config import BUILTIN_ABBREVIATIONS
+    from cookiecutter.repository import expand_abbreviations, is_repo_url
+
+    given = expand_abbreviations(CONTEXT["_template"], BUILTIN_ABBREVIATIONS)
+    if is_repo_url(given):
+        return _runtime_module("crisp_ml.update").shown(given)
+    return str(RUNTIME.parent)
 
 
 def record_template(root: Path) -> None:
-    """.cruft.json as cruft writes it: the answers, without the paths of this machine."""
-    # Answers, and the derived names one may set (`__model_name`...); not cookiecutter's own keys.
-    answers = {k: v for k, v in CONTEXT.items() if not k.startswith("_") or _derived(k)}
-    commit = template_commit()
-    template = CONTEXT["_template"]
-    if Path(template).expanduser().is_dir():  # a local checkout, maybe named relative to elsewhere
-        template = str(RUNTIME.parent)
+    """.cruft.json as cruft writes it: the template, its commit and the answers."""
+    answers = _runtime_module("crisp_ml.update").answers_in(CONTEXT)
+    commit, template = template_commit(), template_source()
     record = {
         "template": template,
         "commit": commit,

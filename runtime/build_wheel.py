@@ -71,7 +71,7 @@ def files(root: Path = HERE) -> dict[str, bytes]:
     contents = {
         f"{PACKAGE}/{path.relative_to(source).as_posix()}": path.read_bytes()
         for path in sorted(source.rglob("*"))
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        if path.is_file() and (path.suffix == ".py" or path.name == "py.typed")
     }
     info = f"{project['name'].replace('-', '_')}-{number}.dist-info"
     contents[f"{info}/METADATA"] = metadata(project, number).encode()
@@ -93,11 +93,11 @@ def wheel_name(root: Path = HERE) -> str:
 def build(out_dir: Path, root: Path = HERE) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / wheel_name(root)
-    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    # Stored, not deflated: compressed bytes depend on the zlib of the machine that builds.
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
         for name, data in files(root).items():
             entry = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
             entry.external_attr = 0o644 << 16
-            entry.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(entry, data)
     return target
 

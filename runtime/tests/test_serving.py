@@ -640,7 +640,7 @@ def free_port() -> int:
 
 
 def start_server(bundle, env: dict, port: int) -> subprocess.Popen:
-    """`python -m <package>.serving` as its own process, once it answers /ping."""
+    """`python -m crisp_ml.serving` as its own process, once it answers /ping."""
     server = subprocess.Popen(
         [sys.executable, "-m", f"{PACKAGE}.serving", "--bundle", str(bundle),
          "--host", "127.0.0.1", "--port", str(port)],

@@ -29,7 +29,8 @@ SERVE_SCRIPT = next(
 def server_project(isolated_project):
     """A project generated with tracking=server."""
     settings = isolated_project / "pyproject.toml"
-    settings.write_text(settings.read_text().replace('tracking = "local"', 'tracking = "server"'))
+    server = 'tracking = "server"\ntracking_uri = "http://127.0.0.1:5000"'
+    settings.write_text(settings.read_text().replace('tracking = "local"', server))
     project._settings_of.cache_clear()
     return isolated_project
 

@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = globals()[f"_cmd_{args.command.replace('-', '_')}"]
     try:
         return handler(args) or 0
+    except ProjectNotFound as error:  # outside a project, or its pyproject.toml unreadable
+        return _fail(error)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -357,13 +359,12 @@ def _cmd_update(args: argparse.Namespace) -> int:
     )
     for name in outcome.changed:
         print(f"  merged   {name}")
-    for name in outcome.conflicts:
-        print(f"  CONFLICT {name}")
-    if outcome.conflicts:
-        print(
-            "Both sides changed the same lines or cells: look for <<<<<<< your project ... "
-            ">>>>>>> the template now, keep what you want, then `make setup` and `make check`."
-        )
+    for name, advice in outcome.conflicts.items():
+        print(f"  CONFLICT {name}: {advice}")
+    if outcome.lock_problem:
+        print(f"error: {outcome.lock_problem}", file=sys.stderr)
+    if outcome.conflicts or outcome.lock_problem:
+        print("Settle these, then `make fix`, `make setup`, `make check` and `make test`; commit.")
         return 1
     print("Review with `git diff`, then `make setup`, `make check` and `make test`; commit.")
     return 0

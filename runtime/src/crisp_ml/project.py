@@ -53,26 +53,56 @@ class ProjectSettings:
     license: str = ""
 
 
+SETTINGS_KEYS = ("package", "model_name", "image_name", "kernel_name", "tracking", "tracking_uri")
+REQUIRED_KEYS = SETTINGS_KEYS[:4]
+
+
 @functools.cache
 def _settings_of(root: Path) -> ProjectSettings:
-    data = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
-    table = data.get("tool", {}).get("crisp-ml")
-    if table is None:
-        raise ProjectNotFound(f"{root / 'pyproject.toml'} has no [tool.crisp-ml] table")
-    project = data.get("project", {})
-    authors = project.get("authors") or [{}]
+    path = root / "pyproject.toml"
     try:
-        return ProjectSettings(
-            name=project["name"],
-            author=authors[0].get("name", ""),
-            license=str(project.get("license", "")),
-            **table,
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ProjectNotFound(f"{path} cannot be read: {error}") from None
+    table = data.get("tool", {}).get("crisp-ml")
+    project = data.get("project", {})
+    problems = _settings_problems(table, project)
+    if problems:
+        raise ProjectNotFound(f"{path}: " + "; ".join(problems))
+    authors = project.get("authors") or [{}]
+    return ProjectSettings(
+        name=project["name"],
+        author=str(authors[0].get("name", "")),
+        license=str(project.get("license", "")),
+        **table,
+    )
+
+
+def _settings_problems(table: Any, project: dict) -> list[str]:
+    if not isinstance(table, dict):
+        return ["no [tool.crisp-ml] table: the runtime needs it (see the template's docs)"]
+    problems = [f"[tool.crisp-ml] {key} is missing" for key in REQUIRED_KEYS if key not in table]
+    problems += [
+        f"[tool.crisp-ml] has an unknown key `{key}`; the keys are {', '.join(SETTINGS_KEYS)}"
+        for key in table
+        if key not in SETTINGS_KEYS
+    ]
+    problems += [
+        f"[tool.crisp-ml] {key} must be text"
+        for key, value in table.items()
+        if key in SETTINGS_KEYS and not isinstance(value, str)
+    ]
+    if table.get("tracking", "local") not in ("local", "server"):
+        problems.append(
+            f"[tool.crisp-ml] tracking must be local or server, not {table['tracking']!r}"
         )
-    except (KeyError, TypeError) as error:
-        raise ProjectNotFound(
-            f"{root / 'pyproject.toml'}: [project] name and [tool.crisp-ml] package, model_name, "
-            f"image_name and kernel_name are needed ({error})"
-        ) from None
+    elif table.get("tracking") == "server" and not table.get("tracking_uri"):
+        problems.append(
+            "[tool.crisp-ml] tracking = server needs tracking_uri, the server's address"
+        )
+    if not isinstance(project.get("name"), str):
+        problems.append("[project] name is missing")
+    return problems
 
 
 def settings() -> ProjectSettings:
