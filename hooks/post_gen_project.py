@@ -38,6 +38,19 @@ def _runtime_module(name: str):
     return importlib.import_module(name)
 
 
+def check_runtime_source() -> None:
+    """The runtime comes from the template being generated. cookiecutter imports a template's
+    local extensions by module name, so a process that generated from another template first
+    would hand over that one's runtime: refuse rather than vendor the wrong wheel."""
+    repo = Path(CONTEXT["_repo_dir"])
+    if repo.is_absolute() and repo.resolve() != RUNTIME.parent.resolve():
+        sys.exit(
+            f"the runtime would come from {RUNTIME.parent}, not from the template being generated "
+            f"({repo}): this process generated from another template first. Generate in a new "
+            "process (run cookiecutter again)."
+        )
+
+
 def vendor_runtime(root: Path) -> None:
     _runtime_module("build_wheel").build(root / VENDOR)
 
@@ -122,6 +135,7 @@ def git_init(root: Path) -> None:
 
 def main() -> None:
     root = Path.cwd()
+    check_runtime_source()
     vendor_runtime(root)
     sync_notebook_parameters(root)
     record_template(root)

@@ -588,3 +588,30 @@ def test_the_project_package_holds_only_what_notebooks_export(baked):
     exported = {f"{m[1]}.py" for s in sources if (m := re.match(r"#\| default_exp (\S+)", s))}
     modules = {path.name for path in (baked.root / "src" / baked.package).iterdir()}
     assert modules - {"__init__.py"} == exported
+
+
+def test_a_runtime_from_another_template_is_refused(tmp_path, cookiecutter_config):
+    """cookiecutter imports a template's local extensions by module name: a second template
+    generated in the same process would get the first one's runtime, unless the hook refuses."""
+    from cookiecutter.exceptions import FailedHookException
+    from cookiecutter.main import cookiecutter
+
+    other = tmp_path / "other-template"
+    listed = subprocess.run(
+        ["git", "-C", str(TEMPLATE), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for name in filter(None, listed.split("\0")):
+        if (TEMPLATE / name).is_file():
+            (other / name).parent.mkdir(parents=True, exist_ok=True)
+            (other / name).write_bytes((TEMPLATE / name).read_bytes())
+    sys.modules.pop("local_extensions", None)
+    try:
+        cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(tmp_path / "first"),
+                     config_file=str(cookiecutter_config))  # fmt: skip
+        with pytest.raises(FailedHookException):
+            cookiecutter(str(other), no_input=True, output_dir=str(tmp_path / "second"),
+                         config_file=str(cookiecutter_config))  # fmt: skip
+    finally:
+        sys.modules.pop("local_extensions", None)  # the next bake imports this template's again
+    assert not (tmp_path / "second" / "demo-ml-project").exists()

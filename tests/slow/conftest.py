@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,8 @@ class Project:
 
 def bake(output_dir: Path, template: str = str(TEMPLATE), checkout=None, **options) -> Project:
     context = {"project_name": "Slow Lane", "git_init": True, **options}
+    # cookiecutter imports a template's local extensions by module name: forget another template's
+    sys.modules.pop("local_extensions", None)
     made = cookiecutter(
         template, checkout=checkout, no_input=True, output_dir=str(output_dir),
         extra_context=context,

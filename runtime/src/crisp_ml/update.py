@@ -146,6 +146,19 @@ def resolve(repo: Path, ref: str, what: str) -> str:
         ) from None
 
 
+def default_ref(repo: Path, checkout: str | None) -> str:
+    """The newest commit of the branch the project was generated from; of the default branch
+    when it was generated from a tag, a commit or no checkout at all."""
+    if checkout:
+        branch = f"refs/remotes/origin/{checkout}"
+        try:
+            _git("rev-parse", "--verify", "--quiet", "--end-of-options", branch, cwd=repo)
+            return branch
+        except UpdateError:
+            pass
+    return "HEAD"
+
+
 def generate(repo: Path, commit: str, answers: dict, scratch: Path) -> Path:
     """The project as the template at `commit` makes it, with these answers."""
     tree, out = scratch / "tree", scratch / "out"
@@ -298,7 +311,7 @@ def update(ref: str | None = None, template: str | None = None, echo: Echo = pri
         echo(f"fetching the template from {shown(source)}")
         repo = fetch(source, scratch / "source")
         old = resolve(repo, record["commit"], "the recorded commit")
-        new = resolve(repo, ref or record.get("checkout") or "HEAD", "the template version")
+        new = resolve(repo, ref or default_ref(repo, record.get("checkout")), "the version")
         if new == old:
             return Outcome(old, new)
         answers = {
