@@ -82,7 +82,7 @@ BAD_INPUTS = [
     bad("description", "C:\\new", "description-backslash"),
     bad("tracking_server_uri", "mlflow.example.com", "uri-without-scheme", tracking="server"),
     bad("tracking_server_uri", 'http://x"; import os', "uri-quote", tracking="server"),
-    # written into the package's code: `MODEL_NAME = "<name>"`
+    # written into pyproject.toml's [tool.crisp-ml] table: `model_name = "<name>"`
     bad("__model_name", 'x"; import os; os.system("id") #', "model-name-code"),
     bad("__image_name", "Churn Model", "image-name-not-a-slug"),
     bad("__kernel_name", "k" * 65, "kernel-name-too-long"),
