@@ -24,6 +24,7 @@ from crisp_ml.evaluation import (
     metric_value,
     model_card,
     positive_label,
+    predict,
     regression_metrics,
     sanity_criteria,
     segment_groups,
@@ -65,6 +66,29 @@ def test_classification_metrics_on_a_known_example():
     assert values["recall_no"] == pytest.approx(0.5)
     assert values["f1"] == pytest.approx((2 / 3 + 0.8) / 2)  # macro average
     assert values["log_loss"] > 0
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [[0, 1], [False, True], [0, 1, 2], ["no", "yes"]],
+    ids=["integers", "booleans", "three integers", "strings"],
+)
+def test_metrics_are_measured_for_integer_boolean_and_string_labels(labels):
+    """Integer-coded and boolean classes were classified as "unknown" targets and 04 crashed."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"x": rng.normal(size=90)})
+    y = pd.Series([labels[i % len(labels)] for i in range(90)])
+    X["x"] += pd.Series(range(90)).mod(len(labels))  # learnable, not perfect
+    model = LogisticRegression().fit(X, y)
+    preds = predict(model, X, y, "classification")
+    positive = positive_label(preds.classes, str(labels[-1]))
+    values = classification_metrics(preds, positive)
+    assert all(math.isfinite(values[name]) for name in ("accuracy", "f1", "roc_auc")), values
+    assert business_cost(preds, positive, {"false_positive": 1.0, "false_negative": 5.0})
+    table = segment_metrics(preds, X.assign(group=y), ["group"], "accuracy", positive)
+    assert table["accuracy"].notna().all()
 
 
 def test_roc_auc_follows_the_positive_class_and_is_nan_with_one_class():

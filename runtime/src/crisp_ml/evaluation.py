@@ -54,7 +54,9 @@ def predict(model, X: pd.DataFrame, y: pd.Series, task: str) -> Predictions:
         return Predictions(np.asarray(y, dtype=float), y_pred.astype(float))
     classes = list(model.classes_)
     proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
-    return Predictions(np.asarray(y, dtype=object), y_pred.astype(object), proba, classes)
+    # The labels keep their own type: as objects, integer or boolean labels are a target type
+    # scikit-learn cannot classify ("unknown"), and every metric of 04 would fail on a 0/1 flag.
+    return Predictions(np.asarray(y), y_pred, proba, classes)
 
 
 def positive_label(classes: list, positive_class: str) -> Any:
