@@ -15,12 +15,12 @@ import pandera.pandas as pa
 from mlflow.data.dataset import Dataset
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
-from mlflow.exceptions import MlflowException
 from pandera.errors import SchemaErrors
 from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.model_selection import train_test_split
 
 from .project import resolve_path
+from .tracking import once_more_on_a_dataset_race
 
 
 class DataValidationError(ValueError):
@@ -225,18 +225,8 @@ def save_split(parts: Split, folder: Path) -> dict[str, str]:
 
 
 def log_dataset_input(dataset: Dataset, context: str) -> None:
-    """`mlflow.log_input`, tried once more if another run registered the same dataset meanwhile.
-
-    The tracking store looks the dataset up, then inserts it: two pipelines logging the same rows
-    at the same moment (a team on one server) can both miss it, and the later insert fails on the
-    unique key. By then the other run's row is committed, so the second try finds and links it.
-    """
-    try:
-        mlflow.log_input(dataset, context=context)
-    except MlflowException as error:
-        if "INSERT INTO datasets" not in str(error):
-            raise
-        mlflow.log_input(dataset, context=context)
+    """`mlflow.log_input`, tried once more if another run registered the same dataset meanwhile."""
+    once_more_on_a_dataset_race(lambda: mlflow.log_input(dataset, context=context))
 
 
 def dataset_source(path: str) -> DatasetSource | None:

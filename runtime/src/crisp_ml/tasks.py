@@ -219,19 +219,21 @@ def export_drift() -> list[str]:
 
 
 def _snapshot() -> dict[str, bytes]:
+    folder = package_dir()
     return {
-        str(p.relative_to(package_dir())): p.read_bytes()
-        for p in package_dir().rglob("*.py")
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in folder.rglob("*.py")
         if "__pycache__" not in p.parts
     }
 
 
 def _restore(before: dict[str, bytes], after: dict[str, bytes]) -> None:
+    folder = package_dir()
     for name in after.keys() - before.keys():
-        (package_dir() / name).unlink()  # e.g. nbdev's _modidx.py
+        (folder / name).unlink()  # e.g. nbdev's _modidx.py
     for name, content in before.items():
         if after.get(name) != content:
-            (package_dir() / name).write_bytes(content)
+            (folder / name).write_bytes(content)
 
 
 def params_drift() -> list[str]:

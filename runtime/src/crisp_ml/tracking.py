@@ -12,6 +12,7 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -38,6 +39,21 @@ KEY_PACKAGES = ("mlflow", "scikit-learn", "pandas", "numpy", "papermill", "nbdev
 def local_tracking_uri() -> str:
     """An absolute SQLite URI, so a notebook run from another folder finds the same store."""
     return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def once_more_on_a_dataset_race(log: Callable[[], object]) -> None:
+    """Log dataset inputs, trying once more if another run stored the same dataset meanwhile.
+
+    The tracking store looks a dataset up, then inserts it: two pipelines logging the same rows
+    at the same moment (a team on one server) can both miss it, and the later insert fails on the
+    unique key. By then the other run's row is committed, so the second try finds and links it.
+    """
+    try:
+        log()
+    except MlflowException as error:
+        if "INSERT INTO datasets" not in str(error):
+            raise
+        log()
 
 
 def experiment_name() -> str:

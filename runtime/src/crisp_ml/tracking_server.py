@@ -366,16 +366,8 @@ def _fill_run(src, dst, run, new_id: str, scratch: Path) -> None:
 
 
 def _log_inputs(dst, run_id: str, datasets: list) -> None:
-    """`log_inputs`, tried once more when a pipeline stored the same dataset at the same moment:
-    the store looks a dataset up, then inserts it (the rule of data.log_dataset_input)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        dst.log_inputs(run_id, datasets=datasets)
-    except MlflowException as error:
-        if "INSERT INTO datasets" not in str(error):
-            raise
-        dst.log_inputs(run_id, datasets=datasets)
+    """`log_inputs`, tried once more when a pipeline stored the same dataset at the same moment."""
+    tracking.once_more_on_a_dataset_race(lambda: dst.log_inputs(run_id, datasets=datasets))
 
 
 def _copy_logged_models(src, dst, src_experiment: str, dst_experiment: str, scratch: Path, done):
