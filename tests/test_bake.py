@@ -590,21 +590,46 @@ def test_the_project_package_holds_only_what_notebooks_export(baked):
     assert modules - {"__init__.py"} == exported
 
 
-def test_a_runtime_from_another_template_is_refused(tmp_path, cookiecutter_config):
-    """cookiecutter imports a template's local extensions by module name: a second template
-    generated in the same process would get the first one's runtime, unless the hook refuses."""
-    from cookiecutter.exceptions import FailedHookException
-    from cookiecutter.main import cookiecutter
-
-    other = tmp_path / "other-template"
+def copy_of_template(to: Path) -> Path:
+    """This checkout's files (committed or not, nothing git ignores), without its git history."""
     listed = subprocess.run(
         ["git", "-C", str(TEMPLATE), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     for name in filter(None, listed.split("\0")):
         if (TEMPLATE / name).is_file():
-            (other / name).parent.mkdir(parents=True, exist_ok=True)
-            (other / name).write_bytes((TEMPLATE / name).read_bytes())
+            (to / name).parent.mkdir(parents=True, exist_ok=True)
+            (to / name).write_bytes((TEMPLATE / name).read_bytes())
+    return to
+
+
+def test_a_template_inside_another_repository_records_no_commit(tmp_path, cookiecutter_config):
+    """A template copied into another repository (a monorepo, an unpacked download) is no
+    checkout of its own: the enclosing repository's commit would be a wrong base for `update`."""
+    from cookiecutter.main import cookiecutter
+
+    outer = tmp_path / "monorepo"
+    subprocess.run(["git", "init", "--quiet", str(outer)], check=True)
+    subprocess.run(["git", "-C", str(outer), "-c", "user.name=t", "-c", "user.email=t@t",
+                    "commit", "--quiet", "--allow-empty", "-m", "other work"], check=True)  # fmt: skip
+    template = copy_of_template(outer / "templates" / "crisp")
+    sys.modules.pop("local_extensions", None)
+    try:
+        made = cookiecutter(str(template), no_input=True, output_dir=str(tmp_path / "out"),
+                            config_file=str(cookiecutter_config))  # fmt: skip
+    finally:
+        sys.modules.pop("local_extensions", None)  # the next bake imports this template's again
+    record = json.loads((Path(made) / ".cruft.json").read_text())
+    assert record["commit"] is None and record["template"] == str(template)
+
+
+def test_a_runtime_from_another_template_is_refused(tmp_path, cookiecutter_config):
+    """cookiecutter imports a template's local extensions by module name: a second template
+    generated in the same process would get the first one's runtime, unless the hook refuses."""
+    from cookiecutter.exceptions import FailedHookException
+    from cookiecutter.main import cookiecutter
+
+    other = copy_of_template(tmp_path / "other-template")
     sys.modules.pop("local_extensions", None)
     try:
         cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(tmp_path / "first"),
