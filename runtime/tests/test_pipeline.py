@@ -11,6 +11,7 @@ import nbformat
 import pytest
 from mlflow.exceptions import MlflowException
 
+from crisp_ml import params as P
 from crisp_ml import pipeline, recovery, tracking
 from crisp_ml.params import ParamsError
 from crisp_ml.project import (
@@ -65,6 +66,41 @@ def test_plan_checks_every_notebook_before_running(generated_project, monkeypatc
         ParamsError, match=r"`data.seed` = 'seven' does not fit 02_data_preparation"
     ):
         pipeline.plan(sets=["data.seed=seven"])
+
+
+def stems(plan: pipeline.Plan) -> list[str]:
+    return [n.stem[:2] for n in plan.notebooks]
+
+
+def test_a_partial_run_also_runs_the_notebook_that_declares_a_changed_setting(
+    generated_project, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("PROJECT_ROOT", str(generated_project))
+    # 01 declares the use case and hands it on: 04 sees the new threshold only if 01 runs again
+    plan = pipeline.plan(sets=["use_case.threshold=0.9"], start="04")
+    assert stems(plan) == ["01", "04", "05"]
+    assert plan.brought_in == {"01_use_case": ["use_case.threshold"]}
+    nested = pipeline.plan(
+        sets=["use_case.fairness_limits.equalized_odds_difference=0.3"], start="4"
+    )
+    assert nested.brought_in == {
+        "01_use_case": ["use_case.fairness_limits.equalized_odds_difference"]
+    }
+    changes = tmp_path / "seed.yaml"
+    changes.write_text("data:\n  seed: 7\n")
+    assert stems(pipeline.plan([changes], only=["03"])) == ["02", "03"]
+    # what --smoke changes, a setting a later notebook declares, or an unchanged value: no one more
+    assert stems(pipeline.plan(smoke=True, start="04")) == ["04", "05"]
+    assert stems(pipeline.plan(sets=["deployment.build_image=false"], only=["03"])) == ["03"]
+    assert stems(pipeline.plan(sets=["data.seed=42"], start="03")) == ["03", "04", "05"]
+
+
+def test_each_parameter_is_declared_by_one_notebook(generated_project):
+    declared: dict[str, list[str]] = {}
+    for notebook in pipeline.discover(generated_project / "notebooks", on_demand=True):
+        for param in P.read_notebook_params(notebook):
+            declared.setdefault(param.name, []).append(notebook.stem)
+    assert {name: where for name, where in declared.items() if len(where) > 1} == {}
 
 
 # --- a notebook opened in JupyterLab ------------------------------------------------------------
@@ -168,6 +204,24 @@ def test_a_partial_run_continues_from_the_newest_run_that_completed_what_it_need
     assert latest_handoff(needs=PHASES[:3]).parent == failed_in_04
     assert latest_handoff(needs=PHASES[:4]).parent == finished  # --from 05 needs a 04 too
     assert latest_handoff().parent == finished, "JupyterLab continues finished runs only"
+
+
+def test_a_partial_run_continues_from_a_run_that_completed_every_notebook_it_skips(
+    generated_project, isolated_project, monkeypatch
+):
+    only_01_02 = finished_run(isolated_project, "20260102-000000-bbbbbbbb", train_path="new")
+    record_completed(only_01_02, *PHASES[:2])
+    everything = finished_run(isolated_project, "20260101-000000-aaaaaaaa", model_uri="model")
+    record_completed(everything, *PHASES)
+    notebooks = pipeline.discover(generated_project / "notebooks")
+    the_plan = pipeline.Plan([notebooks[0], *notebooks[3:]], {}, {})  # 01 brought in before 04
+    monkeypatch.setattr(pipeline, "discover", lambda folder: notebooks)
+    this_run = isolated_project / "runs" / "20260103-000000-cccccccc"
+    this_run.mkdir()
+    with mlflow.start_run():
+        pipeline._continue_from_latest(the_plan, this_run, echo=lambda *a, **k: None)
+    handed = json.loads((this_run / HANDOFF).read_text())
+    assert handed["model_uri"] == "model", "02 and 03 are skipped: the run that did them both"
 
 
 # --- what the runner leaves in MLflow -----------------------------------------------------------

@@ -28,6 +28,7 @@ from crisp_ml.registry import (
     registry_overview,
     rollback,
     score_version,
+    trained_params,
     version_by_alias,
     version_tags,
 )
@@ -246,3 +247,19 @@ def test_a_version_says_whether_a_pipeline_run_or_a_notebook_in_jupyterlab_regis
     tags = version_tags({}, {}, "classification", "roc_auc", git, pipeline_run_id, True, "card")
     expected = (kind, pipeline_run_id or "", "true")
     assert (tags["kind"], tags["pipeline_run_id"], tags["smoke"]) == expected
+
+
+def test_a_versions_parameters_are_those_its_pipeline_run_logged(client, data):
+    with mlflow.start_run() as pipeline_run:  # as the runner logs them on the parent run
+        mlflow.log_dict({"task": "classification", "data": {"target": "y"}}, "params.yaml")
+    version = new_version(client, data)
+    with pytest.raises(RegistryError, match="not registered by a pipeline run"):
+        trained_params(client, client.get_model_version(NAME, version))
+    client.set_model_version_tag(NAME, version, "pipeline_run_id", pipeline_run.info.run_id)
+    trained = trained_params(client, client.get_model_version(NAME, version))
+    assert trained == {"task": "classification", "data": {"target": "y"}}
+    with mlflow.start_run() as bare_run:  # a run that logged no parameters
+        pass
+    client.set_model_version_tag(NAME, version, "pipeline_run_id", bare_run.info.run_id)
+    with pytest.raises(RegistryError, match=r"parameters of .* cannot be read"):
+        trained_params(client, client.get_model_version(NAME, version))

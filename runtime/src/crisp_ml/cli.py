@@ -173,12 +173,14 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from . import pipeline
+    from . import pipeline, preflight, summary
     from .params import ParamsError
 
     try:
         plan = pipeline.plan(args.param_files, args.sets, args.smoke, args.only, args.start)
-    except ParamsError as error:
+        # Every run, --only and --from too: a second or so, against a modelling run lost to a typo.
+        preflight.check_before_run(plan.tree)
+    except ParamsError as error:  # PreflightError is one: every problem found, listed
         return _fail(error)
     names = ", ".join(n.stem for n in plan.notebooks)
     print(f"Running {len(plan.notebooks)} notebooks{' (smoke)' if args.smoke else ''}: {names}")
@@ -187,6 +189,10 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     except pipeline.PipelineError as error:
         return _fail(error)
     print(f"Pipeline finished in {outcome.seconds:.1f} s.")
+    handoff = summary.read_handoff(outcome.run_dir)
+    metric = plan.tree.get("use_case", {}).get("metric", "")
+    for line in summary.summary_lines(handoff, metric, [n.stem for n in plan.notebooks]):
+        print(f"  {line}")
     print(f"  executed notebooks: {outcome.run_dir}")
     print(f"  MLflow run:         {outcome.run_id} (open the UI with `make ui`)")
     return 0

@@ -253,7 +253,7 @@ def read_notebook_params(path: Path) -> list[NotebookParam]:
     return params
 
 
-def _known_names(tree: dict[str, Any]) -> dict[str, str]:
+def parameter_keys(tree: dict[str, Any]) -> dict[str, str]:
     """Notebook parameter name -> params.yaml key, refusing two keys that would share a name."""
     names: dict[str, str] = {}
     for key in dotted_keys(tree):
@@ -295,6 +295,12 @@ def resolve(
     return tree, raw_sets
 
 
+def changed_keys(base: dict[str, Any], tree: dict[str, Any]) -> set[str]:
+    """The dotted keys whose value in `tree` differs from `base` (added keys included)."""
+    before = leaves(base)
+    return {key for key, value in leaves(tree).items() if key not in before or before[key] != value}
+
+
 def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """The settings of a tree under their dotted keys (an empty mapping counts as a setting)."""
     found = {}
@@ -323,7 +329,7 @@ def notebook_values(
     tree: dict[str, Any], params: list[NotebookParam], raw_sets: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """The values to inject into one notebook, each checked against its annotation."""
-    names = _known_names(tree)
+    names = parameter_keys(tree)
     values, problems = {}, []
     for param in params:
         key = names.get(param.name)
@@ -349,7 +355,7 @@ def notebook_values(
 
 def drift(tree: dict[str, Any], notebooks: dict[Path, list[NotebookParam]]) -> list[str]:
     """Where the notebooks and params.yaml disagree: what `check` reports and `fix` mends."""
-    names = _known_names(tree)
+    names = parameter_keys(tree)
     problems = []
     used = set()
     for params in notebooks.values():
@@ -381,7 +387,7 @@ def sync_notebook(path: Path, tree: dict[str, Any]) -> bool:
     if found is None:
         return False
     _, cell = found
-    names = _known_names(tree)
+    names = parameter_keys(tree)
     source = "".join(cell["source"])
     # Rewrite statements from the last one up, so earlier offsets stay valid.
     nodes = [n for n in ast.parse(source).body if isinstance(n, ast.AnnAssign) and n.value]

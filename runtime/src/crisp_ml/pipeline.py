@@ -74,6 +74,8 @@ class Plan:
     values: dict[Path, dict[str, Any]]
     tree: dict[str, Any]
     smoke: bool = False
+    # Notebooks a partial run runs too, each with the settings that brought it in.
+    brought_in: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -134,8 +136,13 @@ def plan(
     root = project_root()
     base = P.load_yaml(root / P.PARAMS_FILE)
     tree, raw_sets = P.resolve(base, param_files or [], sets or [], smoke=smoke)
+    brought_in = {}
     if notebooks is None:
-        notebooks = select(discover(root / "notebooks"), only, start)
+        everything = discover(root / "notebooks")
+        notebooks = select(everything, only, start)
+        overrides, _ = P.resolve(base, param_files or [], sets or [])  # the smoke settings aside
+        brought_in = _declaring(everything, notebooks, tree, P.changed_keys(base, overrides))
+        notebooks = [n for n in everything if n in notebooks or n.stem in brought_in]
     values, problems = {}, []
     for notebook in notebooks:
         try:
@@ -145,7 +152,30 @@ def plan(
             problems.append(str(error))
     if problems:
         raise P.ParamsError("\n".join(problems))
-    return Plan(notebooks, values, tree, smoke)
+    return Plan(notebooks, values, tree, smoke, brought_in)
+
+
+def _declaring(
+    everything: list[Path], chosen: list[Path], tree: dict[str, Any], changed: set[str]
+) -> dict[str, list[str]]:
+    """The skipped earlier notebooks that declare a setting `--set` or `--params` changes, with
+    those settings. Each parameter is declared by the one notebook that uses it and handed on from
+    there (01 hands on the use case), so `--from 04 --set use_case.threshold=0.9` must run 01 too
+    for 04 to see it."""
+    keys = P.parameter_keys(tree)
+    found = {}
+    for notebook in everything:
+        if notebook in chosen or notebook.name > chosen[-1].name:
+            continue
+        declared = {keys.get(param.name) for param in P.read_notebook_params(notebook)}
+        reached = [k for k in sorted(changed) if _under_any(k, declared - {None})]
+        if reached:
+            found[notebook.stem] = reached
+    return found
+
+
+def _under_any(key: str, prefixes: set[str]) -> bool:
+    return any(key == prefix or key.startswith(f"{prefix}.") for prefix in prefixes)
 
 
 def run(the_plan: Plan, echo=print) -> Outcome:
@@ -252,6 +282,8 @@ def _run_tree(the_plan: Plan, echo=print) -> Outcome:
             run_dir = project_root() / "runs" / f"{stamp}-{run_id[:8]}"
             run_dir.mkdir(parents=True, exist_ok=True)
             _continue_from_latest(the_plan, run_dir, echo)
+            for stem, settings in the_plan.brought_in.items():
+                echo(f"{stem} runs too: it declares {', '.join(settings)}, changed for this run")
             _log_context(the_plan, run_dir)
             outcome = Outcome(run_id, run_dir)
             for number, notebook in enumerate(notebooks, start=1):
@@ -275,12 +307,13 @@ def _run_tree(the_plan: Plan, echo=print) -> Outcome:
 
 def _continue_from_latest(the_plan: Plan, run_dir: Path, echo) -> None:
     """A partial run (--only, --from) starts from the newest earlier run that completed every
-    notebook before its first one, finished or not (--from 04 after a run that failed in 04)."""
+    notebook it skips, finished or not (--from 04 after a run that failed in 04)."""
     everything = discover(project_root() / "notebooks")
-    if the_plan.notebooks == everything:
+    last = the_plan.notebooks[-1].name
+    skipped = [n.stem for n in everything if n not in the_plan.notebooks and n.name < last]
+    if not skipped:
         return
-    before = [n.stem for n in everything if n.name < the_plan.notebooks[0].name]
-    if previous := latest_handoff(exclude=run_dir, needs=before):
+    if previous := latest_handoff(exclude=run_dir, needs=skipped):
         shutil.copy(previous, run_dir / HANDOFF)
         record_completed(run_dir, *sorted(completed(previous.parent)))
         mlflow.set_tag("continues_from", str(previous.parent))
@@ -291,7 +324,7 @@ def _log_context(the_plan: Plan, run_dir: Path) -> None:
     """What makes the run reproducible: the parameters, the packages and where the outputs are."""
     settings = P.leaves({k: v for k, v in the_plan.tree.items() if k not in P.RUNNER_SECTIONS})
     mlflow.log_params({key: P.shown(value, 500) for key, value in settings.items()})
-    mlflow.log_dict(the_plan.tree, "params.yaml")
+    mlflow.log_dict(the_plan.tree, P.PARAMS_FILE)
     mlflow.log_text(tracking.environment_lines(), "environment.txt")
     mlflow.set_tags({f"version.{k}": v for k, v in tracking.package_versions().items()})
     mlflow.set_tag("run_dir", str(run_dir))
@@ -321,7 +354,7 @@ def _run_on_demand(notebook: Path, the_plan: Plan, kind: str) -> Outcome:
     run_id = run.info.run_id
     run_dir = project_root() / "runs" / kind / f"{stamp}-{run_id[:8]}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    client.log_dict(run_id, the_plan.tree, "params.yaml")
+    client.log_dict(run_id, the_plan.tree, P.PARAMS_FILE)
     env = {"MLFLOW_RUN_ID": run_id, RUN_DIR_ENV: str(run_dir), **QUIET}
     executed = _execute(notebook, the_plan.values[notebook], run_dir, client, run_id, env)
     return Outcome(run_id, run_dir, [executed], time.perf_counter() - started)

@@ -17,6 +17,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from . import params as P
 from .evaluation import metric_value, positive_label, predict
 from .project import failpoint
 from .recovery import DECISION_TAG, PENDING, REGISTERED_BY_TAG
@@ -102,6 +103,27 @@ def version_tags(
         if name in test_metrics and not math.isnan(test_metrics[name]):
             tags[f"test_{name}"] = f"{test_metrics[name]:.6g}"
     return {key: str(value) for key, value in tags.items()}
+
+
+def trained_params(client: MlflowClient, version: ModelVersion) -> dict[str, Any]:
+    """The parameters of the pipeline run that registered `version` (its params.yaml artifact):
+    the use case it was held to, its target and id column, as they were then."""
+    label = f"{version.name} version {version.version}"
+    run_id = version.tags.get("pipeline_run_id", "")
+    if not run_id:
+        raise RegistryError(
+            f"{label} was not registered by a pipeline run, so its parameters are unknown; "
+            "register one with `make pipeline`"
+        )
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            path = client.download_artifacts(run_id, P.PARAMS_FILE, scratch)
+        except (MlflowException, OSError) as error:
+            raise RegistryError(
+                f"the parameters of {label}'s pipeline run {run_id} cannot be read ({error}); "
+                "run the pipeline to register a version whose run is at hand"
+            ) from None
+        return P.load_yaml(Path(path))
 
 
 def describe(card: str, evaluation_run_id: str) -> str:

@@ -1,11 +1,19 @@
-"""The use case: the metrics a use case may name, and the use case itself, checked and logged."""
+"""The use case: the metrics a use case may name, and the use case itself, checked and logged.
+
+01_use_case declares it, checks it and hands it on as one object; the later phases read it back
+with `handed_on_use_case()`, and monitoring reads the one a version was trained for from its
+pipeline run's parameters (`UseCase.from_params`).
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import mlflow
+
+from .project import handed_on
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,12 @@ METRICS = {
 }
 
 
+FAIRNESS_MEASURES = {
+    "classification": ("demographic_parity_difference", "equalized_odds_difference"),
+    "regression": ("error_gap",),
+}
+
+
 class UseCaseError(ValueError):
     """A use case that cannot be held to: names the `use_case` key and the fix."""
 
@@ -63,6 +77,20 @@ class UseCase:
     positive_class: str = ""
     error_costs: dict[str, float] = field(default_factory=dict)
     limitations: list[str] = field(default_factory=list)  # what the data and the model do not cover
+    worst_segment_threshold: float | None = None  # the least acceptable metric in any one group
+    fairness_limits: dict[str, float] = field(default_factory=dict)  # largest gap per measure
+
+    @classmethod
+    def from_params(cls, tree: dict[str, Any]) -> UseCase:
+        """The use case a parameter tree states: params.yaml's, or the one a pipeline run logged."""
+        stated = dict(tree.get("use_case") or {})
+        unknown = sorted(set(stated) - {f.name for f in fields(cls)} - {"task"})
+        if unknown:
+            raise UseCaseError(f"use_case has unknown keys {unknown}: remove them from params.yaml")
+        return cls(task=tree.get("task", ""), **stated)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     def __post_init__(self):
         if self.task not in ("classification", "regression"):
@@ -77,6 +105,17 @@ class UseCase:
             raise UseCaseError(
                 f"use_case.error_costs has {sorted(unknown_costs)}; "
                 "the keys are false_positive and false_negative"
+            )
+        if self.segments and self.worst_segment_threshold is None:
+            raise UseCaseError(
+                "use_case.worst_segment_threshold is not set: give the least acceptable "
+                f"{self.metric} in any one group of use_case.segments"
+            )
+        unknown_limits = sorted(set(self.fairness_limits) - set(FAIRNESS_MEASURES[self.task]))
+        if unknown_limits:
+            raise UseCaseError(
+                f"use_case.fairness_limits has {unknown_limits}; for {self.task} the measures are "
+                f"{list(FAIRNESS_MEASURES[self.task])}"
             )
 
     @property
@@ -93,15 +132,30 @@ class UseCase:
             ("Business KPI", self.kpi),
             ("ML metric", f"{self.metric}, {direction} {self.threshold} on held-out data"),
             ("Segments", ", ".join(self.segments) or "none"),
+            ("Each segment group", self._worst_segment_rule(direction)),
             ("Sensitive attributes", ", ".join(self.sensitive_attributes) or "none"),
+            ("Fairness limits", _listed(self.fairness_limits)),
             ("Limitations", "; ".join(self.limitations) or "none stated"),
         ]
         if self.task == "classification":
             rows.append(("Positive class", self.positive_class or "not set"))
-            costs = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in self.error_costs.items())
-            rows.append(("Error costs", costs or "not set"))
+            rows.append(("Error costs", _listed(self.error_costs)))
         table = "\n".join(f"| {name} | {value} |" for name, value in rows)
         return f"| | {self.task} |\n|---|---|\n{table}"
+
+    def _worst_segment_rule(self, direction: str) -> str:
+        if self.worst_segment_threshold is None:
+            return "no limit"
+        return f"{self.metric}, {direction} {self.worst_segment_threshold}"
+
+
+def _listed(values: dict[str, float]) -> str:
+    return ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in values.items()) or "not set"
+
+
+def handed_on_use_case() -> UseCase:
+    """The use case 01_use_case checked and handed on to this run's later phases."""
+    return UseCase(**handed_on("use_case", "01_use_case"))
 
 
 def log_use_case(use_case: UseCase) -> None:
@@ -114,4 +168,4 @@ def log_use_case(use_case: UseCase) -> None:
             "use_case.problem": use_case.problem[:250],
         }
     )
-    mlflow.log_text(json.dumps(asdict(use_case), indent=2), "use_case.json")
+    mlflow.log_text(json.dumps(use_case.as_dict(), indent=2), "use_case.json")
