@@ -1,6 +1,8 @@
 """Data preparation: loading, the checks that stop bad data, cleaning and splitting."""
 
+import importlib
 import json
+import sys
 import warnings
 
 import mlflow
@@ -19,6 +21,7 @@ from crisp_ml.data import (
     check_target,
     load_dataset,
     load_demo,
+    load_schema,
     log_dataset_input,
     log_datasets,
     sample,
@@ -108,6 +111,66 @@ def test_schema_drops_impossible_values_and_stops_on_wrong_types():
     assert dropped == 2 and kept["age"].tolist() == [30.0, 45.0]
     with pytest.raises(DataValidationError, match=r"schema.*column 'age'"):
         apply_schema(pd.DataFrame({"age": ["thirty", "forty"]}), schema)
+
+
+def test_a_schema_mismatch_names_the_missing_and_the_undeclared_columns_plainly(isolated_project):
+    """It read `column 'None': column_in_dataframe: found 'mean radius' (and 30 more)`."""
+    demo = load_demo("classification")[0]
+    (isolated_project / "schema.yaml").write_text(pa.infer_schema(demo).to_yaml())
+    other = pd.DataFrame({"cyl": [4, 6, 8], "mpg": [21.0, 18.5, 15.0]})
+    with pytest.raises(DataValidationError) as error:
+        load_schema("schema.yaml", other)
+    assert str(error.value) == (
+        "data check 'schema' failed: the data lacks columns 'mean radius', 'mean texture', "
+        "'mean perimeter', 'mean area', 'mean smoothness' (and 26 more) that schema.yaml declares; "
+        "it has columns 'cyl', 'mpg' that schema.yaml does not declare. If the data is right, "
+        "regenerate schema.yaml by deleting it (the next run infers it from this data and writes "
+        "it for you to review); else fix data.path"
+    )
+    assert error.value.column is None
+    schema = pa.infer_schema(demo)
+    with pytest.raises(DataValidationError, match=r"lacks column 'diagnosis' that schema\.yaml"):
+        apply_schema(demo.drop(columns="diagnosis"), schema, "schema.yaml")
+
+
+def test_undeclared_columns_alone_are_named_in_a_warning_and_pass():
+    schema = pa.infer_schema(frame())
+    with pytest.warns(UserWarning, match=r"it has column 'extra' that .* does not declare"):
+        kept, dropped = apply_schema(frame().assign(extra=1.0), schema)
+    assert dropped == 0 and "extra" in kept
+
+
+def test_an_inferred_schema_keeps_integer_columns_integers(isolated_project):
+    with pytest.warns(UserWarning, match="wrote"):
+        schema = load_schema("schema.yaml", frame())
+    assert str(schema.columns["age"].dtype) == "int64"
+    assert "dtype: int64" in (isolated_project / "schema.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def project_data(generated_project):
+    """The generated project's own `data` module: its `clean`, exported from notebook 02."""
+    sys.path.insert(0, str(generated_project / "src"))
+    try:
+        yield importlib.import_module("demo_ml_project.data")
+    finally:
+        sys.path.remove(str(generated_project / "src"))
+
+
+def test_the_projects_clean_keeps_integer_features_integers(project_data, isolated_project):
+    """`clean` cast integer features to float64, so the inferred schema said float64 and a
+    segment read "cyl = 4.0"; a value missing at prediction time is the server's to take (an
+    integer column accepts null, test_serving), not a reason to make every integer a float."""
+    from crisp_ml.evaluation import segment_groups
+
+    raw = pd.DataFrame({"cyl": [4, 6, 8, 4], "mpg": [21.0, 18.5, 15.0, 22.0], "y": list("abab")})
+    cleaned, _ = project_data.clean(raw, "y", drop_duplicates=True)
+    assert str(cleaned["cyl"].dtype) == "int64"
+    with pytest.warns(UserWarning, match="wrote"):
+        schema = load_schema("schema.yaml", cleaned)
+    assert str(schema.columns["cyl"].dtype) == "int64"
+    validated, _ = apply_schema(cleaned, schema)
+    assert segment_groups(validated, "cyl").tolist() == ["4", "6", "8", "4"]
 
 
 def test_sample_keeps_class_shares_and_split_is_stratified_and_seeded():

@@ -15,7 +15,6 @@ from crisp_ml.evaluation import (
     Predictions,
     acceptance_gate,
     business_cost,
-    check_fairness_limits,
     classification_metrics,
     enforce,
     fairness,
@@ -29,6 +28,7 @@ from crisp_ml.evaluation import (
     sanity_criteria,
     segment_groups,
     segment_metrics,
+    undefined_reason,
     worst_segment,
 )
 from crisp_ml.use_case import UseCase
@@ -51,6 +51,8 @@ def numbers(y_true, y_pred) -> Predictions:
 
 def use_case(task="classification", metric="roc_auc", threshold=0.9, **extra) -> UseCase:
     texts = dict.fromkeys(["problem", "business_goal", "audience", "kpi"], "text")
+    if extra.get("segments"):
+        extra.setdefault("worst_segment_threshold", 0.8)
     return UseCase(task=task, metric=metric, threshold=threshold, **texts, **extra)
 
 
@@ -156,7 +158,15 @@ def test_many_valued_numbers_are_cut_into_labelled_quartiles():
     quartiles = segment_groups(frame, "age")
     assert quartiles.nunique() == 4
     assert quartiles.iloc[0] == "Q1 (0 to 4)" and quartiles.iloc[-1] == "Q4 (15 to 19)"
-    assert set(segment_groups(frame, "sex")) == {"1.0", "2.0"}  # few values stay groups
+    assert set(segment_groups(frame, "sex")) == {"1", "2"}  # few values stay groups
+
+
+def test_integer_groups_read_as_integers_even_when_held_as_floats():
+    """A segment showed "cyl = 4.0": an integer column with a gap is held as floats."""
+    frame = pd.DataFrame({"cyl": [4, 6, 8, 4], "cyl_with_gap": [4.0, 6.0, np.nan, 8.0]})
+    assert segment_groups(frame, "cyl").tolist() == ["4", "6", "8", "4"]
+    assert segment_groups(frame, "cyl_with_gap").tolist() == ["4", "6", "missing", "8"]
+    assert segment_groups(pd.DataFrame({"x": [0.5, 1.0]}), "x").tolist() == ["0.5", "1"]
 
 
 def test_a_missing_value_is_a_group_and_a_missing_column_names_the_key():
@@ -185,6 +195,99 @@ def test_groups_where_the_metric_is_undefined_cannot_be_the_worst():
     assert worst_segment(table.iloc[[1]], "roc_auc") is None
 
 
+PENGUINS = ["Adelie", "Chinstrap", "Gentoo"]
+
+
+def perfect(species: list[str]) -> Predictions:
+    """A multiclass model that is always right, and sure of it: accuracy 1.0."""
+    y = np.array(species, dtype=object)
+    proba = np.array([[float(s == c) for c in PENGUINS] for s in species])
+    return Predictions(y, y.copy(), proba, PENGUINS)
+
+
+ISLANDS = pd.DataFrame(
+    {"island": ["Biscoe"] * 3 + ["Dream"] * 2 + ["Torgersen"] * 2,
+     "species": [*PENGUINS, "Adelie", "Gentoo", "Adelie", "Adelie"]}
+)  # fmt: skip
+
+
+def test_a_multiclass_group_lacking_a_class_is_reported_undefined_with_its_fallback():
+    table = segment_metrics(perfect(ISLANDS["species"].tolist()), ISLANDS, ["island"], "roc_auc",
+                            None)  # fmt: skip
+    by_group = table.set_index("group")
+    assert by_group.loc["Biscoe", "status"] == "defined"
+    assert by_group.loc["Biscoe", "roc_auc"] == pytest.approx(1.0)
+    assert by_group.loc["Dream", "status"] == "undefined: no rows of class 'Chinstrap'"
+    assert by_group.loc["Torgersen", "status"] == (
+        "undefined: no rows of classes 'Chinstrap', 'Gentoo'"
+    )
+    undefined = by_group.loc[["Dream", "Torgersen"]]
+    assert undefined["roc_auc"].isna().all()
+    assert (undefined["fallback"] == "balanced_accuracy").all()
+    assert undefined["fallback_value"].tolist() == [1.0, 1.0]
+    assert worst_segment(table, "roc_auc")["group"] == "Biscoe"
+
+
+def test_a_metric_undefined_in_every_group_does_not_fail_the_gate_at_accuracy_one():
+    """Multiclass segments failed the gate whenever each group lacked a class, at accuracy 1.0."""
+    rows = ISLANDS[ISLANDS["island"] != "Biscoe"].reset_index(drop=True)
+    preds = perfect(rows["species"].tolist())
+    assert classification_metrics(preds, None)["accuracy"] == 1.0
+    table = segment_metrics(preds, rows, ["island"], "roc_auc", None)
+    assert table["status"].str.startswith("undefined: no rows of class").all()
+    worst = worst_segment(table, "roc_auc")
+    assert worst is None
+    no_fairness = pd.DataFrame(columns=["attribute", "measure", "value"])
+    gate = acceptance_gate(use_case(segments=["island"]), 0.99, [], worst, 0.8, no_fairness, {})
+    assert gate.passed, gate.report()
+    (segment,) = [c for c in gate.criteria if c.name.startswith("worst segment")]
+    assert not segment.assessed and "not assessed" in segment.note
+    assert "1 not assessed" in gate.report()
+    assert gate.as_dict()["criteria"][1]["assessed"] is False
+
+
+def test_a_defined_group_below_the_threshold_still_fails_the_gate():
+    frame = pd.DataFrame({"site": ["a", "a", "b", "b", "c"]})
+    preds = binary(["no", "yes", "no", "yes", "yes"], ["no", "no", "no", "yes", "yes"],
+                   [0.6, 0.4, 0.1, 0.9, 0.8])  # fmt: skip
+    table = segment_metrics(preds, frame, ["site"], "roc_auc", "yes")
+    assert table.set_index("group").loc["c", "status"] == "undefined: no rows of class 'no'"
+    worst = worst_segment(table, "roc_auc")
+    assert (worst["group"], worst["roc_auc"]) == ("a", 0.0)
+    fair = pd.DataFrame(columns=["attribute", "measure", "value"])
+    gate = acceptance_gate(use_case(segments=["site"]), 0.95, [], worst, 0.8, fair, {})
+    assert not gate.passed and "worst segment roc_auc (site = a): 0, needs >= 0.8" in gate.report()
+
+
+def test_undefined_is_told_apart_from_an_error():
+    one_class = binary(["yes", "yes"], ["yes", "no"], [0.9, 0.4])
+    assert undefined_reason("roc_auc", one_class, "yes") == "no rows of class 'no'"
+    assert math.isnan(metric_value("roc_auc", one_class, "yes"))
+    assert undefined_reason("r2", numbers([2.0, 2.0], [1.0, 3.0])).startswith(
+        "the target is constant"
+    )
+    assert undefined_reason("accuracy", one_class) == ""
+
+
+@pytest.mark.parametrize(
+    ("preds", "metric", "message"),
+    [
+        (Predictions(np.array(["a", "b", "c"], dtype=object), np.array(["a", "b", "c"], dtype=object),
+                     np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]]), ["a", "b", "c"]),
+         "roc_auc", r"roc_auc cannot be computed on 3 rows"),
+        (Predictions(np.array(["0", "1", "1"], dtype=object), np.array([0, 1, 1]),
+                     np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]), [0, 1]),
+         "roc_auc", r"none of the true labels .* \(true labels '0', '1'; the model's classes 0, 1\)"),
+        (binary(["no", "yes"], ["no", "yes"]), "auc", r"unknown metric 'auc'"),
+    ],
+    ids=["probabilities for two classes of three", "labels read as text", "unknown metric"],
+)  # fmt: skip
+def test_a_metric_that_fails_for_a_real_reason_raises_naming_it(preds, metric, message):
+    """metric_value swallowed every ValueError as NaN, so a crash surfaced calls later."""
+    with pytest.raises(EvaluationError, match=message):
+        metric_value(metric, preds)
+
+
 def test_fairness_measures_on_known_groups():
     frame = pd.DataFrame({"sex": ["f", "f", "m", "m"]})
     preds = binary(["yes", "no", "yes", "no"], ["yes", "yes", "no", "no"])
@@ -195,12 +298,6 @@ def test_fairness_measures_on_known_groups():
     assert set(groups["group"]) == {"f", "m"}
     gap, _ = fairness(numbers([1, 1, 1, 1], [1, 2, 1, 5]), frame, ["sex"], "regression", None)
     assert gap["value"].tolist() == [pytest.approx(1.5)]  # MAE 0.5 against 2.0
-
-
-def test_unknown_fairness_limits_name_the_measures():
-    check_fairness_limits({"error_gap": 5.0}, "regression")
-    with pytest.raises(EvaluationError, match=r"use_case\.fairness_limits has \['error_gap'\]"):
-        check_fairness_limits({"error_gap": 5.0}, "classification")
 
 
 # --- the gate ------------------------------------------------------------------------------------
@@ -240,13 +337,6 @@ def test_gate_passes_and_measures_without_limits_are_not_gated():
     assert gate.as_dict()["passed"] is True
 
 
-def test_segments_undefined_everywhere_fail_the_gate():
-    gate = acceptance_gate(use_case(segments=["site"]), 0.95, [], None, 0.8, pd.DataFrame(
-        columns=["attribute", "measure", "value"]), {})  # fmt: skip
-    assert not gate.passed
-    assert "undefined" in gate.report()
-
-
 # --- the model card ------------------------------------------------------------------------------
 
 
@@ -277,6 +367,37 @@ def test_model_card_states_verdict_metrics_segments_and_lineage():
                      "| roc_auc | 0.97 |", "site = a", "| git commit | abc123 |",
                      "sample of 200 rows", "fairness was not assessed"):  # fmt: skip
         assert expected in card
+
+
+def card_with_segments(segments: pd.DataFrame, worst: pd.Series | None) -> str:
+    gate = Gate([Criterion("roc_auc on the test set", 0.99, 0.9, ">=")])
+    gaps = generalization_gaps(dict.fromkeys(["training", "cross-validation", "test"], 0.99), 0.05)
+    return model_card(
+        CardFacts(
+            model_name="demo", use_case=use_case(segments=["island"]), candidate="linear",
+            hyperparameters={}, model_uri="models:/m-1", data={"test_rows": 400}, metrics={},
+            scores={}, gaps=gaps, segments=segments, worst=worst, fairness=pd.DataFrame(),
+            gate=gate, lineage={},
+        )
+    )  # fmt: skip
+
+
+def test_the_card_shows_undefined_groups_plainly_with_their_fallback():
+    table = segment_metrics(perfect(ISLANDS["species"].tolist()), ISLANDS, ["island"], "roc_auc",
+                            None)  # fmt: skip
+    card = card_with_segments(table, worst_segment(table, "roc_auc"))
+    segments = card.split("## Segments")[1].split("##")[0]
+    assert "| segment | group | rows | roc_auc | accuracy | note |" in segments
+    assert "| island | Biscoe | 3 | 1 | 1 |  |" in segments
+    assert (
+        "| island | Dream | 2 | undefined | 1 | undefined: no rows of class 'Chinstrap'; "
+        "balanced_accuracy 1 instead |"
+    ) in segments
+    assert "Worst group: **island = Biscoe**" in segments
+    assert "roc_auc is undefined in some groups (island = Dream, island = Torgersen)" in card
+    rows = ISLANDS[ISLANDS["island"] != "Biscoe"].reset_index(drop=True)
+    nowhere = segment_metrics(perfect(rows["species"].tolist()), rows, ["island"], "roc_auc", None)
+    assert "roc_auc is undefined in every group" in card_with_segments(nowhere, None)
 
 
 @pytest.mark.parametrize("stated", [["Adults of one hospital only."], []])

@@ -27,6 +27,7 @@ from crisp_ml.monitoring import (
     classify_shifts,
     drift_findings,
     drift_table,
+    labelled_performance,
     numeric_drift,
     performance_findings,
     psi,
@@ -324,6 +325,57 @@ def test_the_worst_segment_below_its_threshold_warns():
     worst = pd.Series({"segment": "age", "group": "Q1", "roc_auc": 0.7})
     findings = performance_findings("roc_auc", 0.97, 0.98, 0.95, 0.05, worst, worst_threshold=0.85)
     assert levels(findings)["worst segment roc_auc"] == "warn"
+
+
+def multiclass_batch() -> tuple[object, pd.DataFrame]:
+    """A three-class model, and labelled rows from three sites; only site a holds every class."""
+    from sklearn.linear_model import LogisticRegression
+
+    species = ["Adelie", "Chinstrap", "Gentoo"]
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"x": np.repeat([0.0, 5.0, 10.0], 30) + rng.normal(0, 0.3, 90)})
+    model = LogisticRegression().fit(train, np.repeat(species, 30))
+    labelled = pd.DataFrame(
+        {"x": [0.0, 5.0, 10.0, 0.1, 10.1, 0.2], "site": ["a", "a", "a", "b", "b", "c"],
+         "species": ["Adelie", "Chinstrap", "Gentoo", "Adelie", "Gentoo", "Adelie"]}
+    )  # fmt: skip
+    return model, labelled
+
+
+def test_labelled_segments_lacking_a_class_are_undefined_with_a_fallback_and_never_the_worst():
+    model, labelled = multiclass_batch()
+    value, table, worst = labelled_performance(
+        model, labelled, ["x"], "species", "classification", "roc_auc", "", ["site"]
+    )
+    assert value == pytest.approx(1.0)
+    status = dict(zip(table["group"], table["status"], strict=True))
+    assert status == {
+        "a": "defined",
+        "b": "undefined: no rows of class 'Chinstrap'",
+        "c": "undefined: no rows of classes 'Chinstrap', 'Gentoo'",
+    }
+    undefined = table[table["group"] != "a"]
+    assert (undefined["fallback"] == "balanced_accuracy").all()
+    assert undefined["fallback_value"].tolist() == [1.0, 1.0]
+    assert worst["group"] == "a"
+    findings = performance_findings("roc_auc", value, 0.99, 0.95, 0.05, worst, 0.85, table)
+    assert levels(findings)["worst segment roc_auc"] == "ok"
+
+
+def test_a_metric_undefined_in_every_labelled_group_is_not_assessed_and_says_so():
+    model, _ = multiclass_batch()
+    labelled = pd.DataFrame(  # as on the penguins' islands: each lacks a species
+        {"x": [0.0, 10.0, 0.1, 5.0], "site": ["b", "b", "c", "c"],
+         "species": ["Adelie", "Gentoo", "Adelie", "Chinstrap"]}
+    )  # fmt: skip
+    value, table, worst = labelled_performance(
+        model, labelled, ["x"], "species", "classification", "roc_auc", "", ["site"]
+    )
+    assert value == pytest.approx(1.0)
+    assert worst is None and table["roc_auc"].isna().all()
+    findings = performance_findings("roc_auc", value, 0.99, 0.95, 0.05, worst, 0.85, table)
+    (segment,) = [f for f in findings if f.check == "worst segment roc_auc"]
+    assert segment.level == "ok" and "not assessed" in segment.reason
 
 
 def test_without_labels_performance_is_not_assessed_and_says_so():

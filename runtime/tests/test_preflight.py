@@ -278,9 +278,9 @@ def test_a_data_file_that_is_not_there_is_reported_with_the_other_problems(isola
 
 
 def test_a_csv_with_integer_labels_and_an_id_column_passes(isolated_project):
-    pd.concat([CUSTOMERS] * 5, ignore_index=True).to_csv(
-        isolated_project / "customers.csv", index=False
-    )
+    customers = pd.concat([CUSTOMERS] * 5, ignore_index=True)
+    customers["tenure"] = range(len(customers))  # no two rows alike: cleaning keeps all 20
+    customers.to_csv(isolated_project / "customers.csv", index=False)
     tree = changed(
         demo_params("classification"),
         data__path="customers.csv",
@@ -309,3 +309,9 @@ def test_a_pipeline_with_a_wrong_id_column_stops_before_any_run(
     assert "`data.id_column`: column 'patient_id' is not in the data" in err
     assert started == [], "no notebook ran, so no MLflow run started"
     assert not (isolated_project / "mlflow.db").exists()
+
+
+def test_too_few_rows_for_the_folds_are_named_before_modelling():
+    assert preflight.check_enough_rows(12, 5) == []
+    (problem,) = preflight.check_enough_rows(9, 5)
+    assert problem.startswith("`modelling.cv_folds` = 5 needs at least 10 rows; the data has 9")

@@ -158,29 +158,59 @@ def test_params_file_overrides_are_checked_too(project, tmp_path):
     assert done.returncode == 1 and "unknown parameter `modelling.n_itre`" in done.stderr
 
 
-def bad_files(folder) -> dict[str, tuple[str, list[str], str]]:
-    """Each bad input: (file, extra --set values, the check and column the message must name)."""
+def test_values_with_spaces_pass_through_make_intact(project):
+    # What a shell passes for ARGS='--set "use_case.segments=[...]"': one argument, inner quotes kept
+    segments = {"classification": "[mean texture, mean radius]", "regression": "[age, sex]"}
+    shown = project.make("params", f'--set "use_case.segments={segments[project.options["task"]]}"')
+    first, second = segments[project.options["task"]].strip("[]").split(", ")
+    assert f"  segments:\n  - {first}\n  - {second}\n" in shown.stdout
+    wrong = project.make("params", '--set "data.id_column=patient id"', check=False)
+    assert wrong.returncode != 0
+    assert "`data.id_column`: column 'patient id' is not in the data" in wrong.stderr
+
+
+PREFLIGHT = "cannot work with this data; nothing was run"  # checked before the run starts
+DATA_PREPARATION = "02_data_preparation.ipynb failed in cell"
+
+
+def bad_files(folder) -> dict[str, tuple[str, list[str], str, str]]:
+    """Each bad input: (file, extra --set values, where it stops, the message naming the check and
+    the column). What can be seen before the run (a missing column, an unreadable file, too few
+    rows) stops it before it starts; the rest stops in 02."""
     good = pd.DataFrame(
         {"x": np.arange(60.0), "colour": ["red", "blue"] * 30, "y": ["a", "b", "c"] * 20}
     )
     cases = {
-        "no_target": (good.drop(columns="y"), [], "data check 'target column' failed: column 'y'"),
-        "single_class": (good.assign(y="a"), [], "data check 'class count' failed: column 'y'"),
-        "empty_column": (good.assign(blank=np.nan), [],
+        "no_target": (good.drop(columns="y"), [], PREFLIGHT,
+                      "`data.target`: column 'y' is not in the data"),
+        "single_class": (good.assign(y="a"), [], DATA_PREPARATION,
+                         "data check 'class count' failed: column 'y'"),
+        "empty_column": (good.assign(blank=np.nan), [], DATA_PREPARATION,
                          "data check 'missing values' failed: column 'blank'"),
         "too_few_rows": (good.head(6).assign(y=["a", "b"] * 3), ["data.min_rows_per_class=1"],
-                         "data check 'rows' failed"),
-        "wrong_type": (good.assign(x=["twelve"] * 60), [], "data check 'schema' failed: column 'x'"),
+                         PREFLIGHT, "`modelling.cv_folds` = 5 needs at least 10 rows"),
+        "wrong_type": (good.assign(x=[f"twelve {i}" for i in range(60)]), [], DATA_PREPARATION,
+                       "data check 'schema' failed: column 'x'"),
     }  # fmt: skip
     files = {}
-    for name, (data, sets, message) in cases.items():
+    for name, (data, sets, stage, message) in cases.items():
         path = folder / f"{name}.csv"
         data.to_csv(path, index=False)
-        files[name] = (str(path), sets, message)
+        files[name] = (str(path), sets, stage, message)
     (folder / "empty.csv").write_text("")
-    files["empty_file"] = (str(folder / "empty.csv"), [], "data check 'readable file' failed")
+    files["empty_file"] = (
+        str(folder / "empty.csv"),
+        [],
+        PREFLIGHT,
+        "`data.path`: data check 'readable file' failed",
+    )
     (folder / "garbage.parquet").write_bytes(b"not parquet at all")
-    files["unreadable"] = (str(folder / "garbage.parquet"), [], "data check 'readable file' failed")
+    files["unreadable"] = (
+        str(folder / "garbage.parquet"),
+        [],
+        PREFLIGHT,
+        "`data.path`: data check 'readable file' failed",
+    )
     return files
 
 
@@ -208,28 +238,32 @@ def schema_for_bad_data(tmp_path_factory):
         "unreadable",
     ],
 )
-def test_bad_data_stops_in_data_preparation_naming_check_and_column(
+def test_bad_data_stops_before_the_run_or_in_data_preparation_naming_check_and_column(
     project_factory, schema_for_bad_data, case
 ):
     project = project_factory(task="classification", project_name="Own Data")
-    path, sets, message = bad_files(schema_for_bad_data)[case]
+    path, sets, stage, message = bad_files(schema_for_bad_data)[case]
     overrides = [f"data.path={path}", "data.target=y", f"data.schema={schema_for_bad_data / 'schema.yaml'}",
-                 "use_case.segments=[]", *sets]  # fmt: skip
+                 "use_case.segments=[]", "use_case.positive_class=", *sets]  # fmt: skip
     done = project.cli(
         "pipeline", "--only", "02", *[a for s in overrides for a in ("--set", s)], check=False
     )
     assert done.returncode == 1, done.stdout
-    assert "02_data_preparation.ipynb failed in cell" in done.stderr
-    assert message in done.stderr
+    assert stage in done.stderr and message in done.stderr
+    if stage == PREFLIGHT:
+        assert "Running" not in done.stdout
+        return
     assert "Executed notebook, with the failed cell marked:" in done.stderr
     statuses = project.mlflow_query(
         """
         latest = max((r for r in runs if r.data.tags.get("kind") == "pipeline"), key=lambda r: r.info.start_time)
-        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == latest.info.run_id]
-        print(json.dumps([latest.info.status] + sorted(r.info.status for r in children)))
+        children = {r.data.tags["mlflow.runName"]: r.info.status for r in runs
+                    if r.data.tags.get("mlflow.parentRunId") == latest.info.run_id}
+        print(json.dumps([latest.info.status, children]))
         """
     )
-    assert statuses == ["FAILED", "FAILED"]
+    # 01 runs too: the run changes use_case settings, which 01 declares and hands on
+    assert statuses == ["FAILED", {"01_use_case": "FINISHED", "02_data_preparation": "FAILED"}]
 
 
 def mixed_csv(path) -> None:

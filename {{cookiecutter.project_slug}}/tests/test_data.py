@@ -17,10 +17,10 @@ def frame(rows: int = 40) -> pd.DataFrame:
     )
 
 
-def test_clean_drops_duplicates_and_missing_targets_and_makes_integers_float():
+def test_clean_drops_duplicates_and_missing_targets_and_keeps_integers():
     data = pd.concat([frame(), frame().head(5)]).assign(
         label=lambda d: d["label"].where(d.index != 3)
     )
     cleaned, counts = clean(data, "label", drop_duplicates=True)
     assert counts["duplicates"] > 0 and counts["missing_target"] == 2
-    assert cleaned["age"].dtype == "float64" and not cleaned.duplicated().any()
+    assert cleaned["age"].dtype == "int64" and not cleaned.duplicated().any()

@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run just these (02 or 02_...)")
     part.add_argument("--from", dest="start", metavar="NOTEBOOK", help="run from this one on")
 
-    show = commands.add_parser("params", help="print the parameters a pipeline run would use")
+    show = commands.add_parser(
+        "params", help="print the parameters a pipeline run would use, checked against the data"
+    )
     _pipeline_arguments(show)
 
     commands.add_parser("check", help="lint, format, clean notebooks, export and params in sync")
@@ -233,7 +235,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 def _cmd_params(args: argparse.Namespace) -> int:
     import yaml
 
-    from . import pipeline
+    from . import pipeline, preflight
     from .params import ParamsError
 
     try:
@@ -241,6 +243,10 @@ def _cmd_params(args: argparse.Namespace) -> int:
     except ParamsError as error:
         return _fail(error)
     print(yaml.safe_dump(plan.tree, sort_keys=False), end="")
+    try:  # the parameters first: the problems below name their keys
+        preflight.check_before_run(plan.tree)
+    except ParamsError as error:
+        return _fail(error)
     return 0
 
 

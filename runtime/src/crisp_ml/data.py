@@ -20,6 +20,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.model_selection import train_test_split
 
 from .project import resolve_path
+from .serving.schema import columns_named
 from .tracking import once_more_on_a_dataset_race
 
 
@@ -120,12 +121,18 @@ def check_rows(frame: pd.DataFrame, cv_folds: int) -> None:
         )
 
 
+SCHEMA_FILE = "the schema file (data.schema)"  # how messages name a schema whose file is unknown
+
+
 def load_schema(path: str, frame: pd.DataFrame) -> pa.DataFrameSchema:
-    """The explicit schema; when its file does not exist yet, one inferred from this data, written
-    there for you to review and commit."""
+    """The explicit schema, its columns checked against this data; when its file does not exist
+    yet, one inferred from this data (integer columns as integers), written there for you to
+    review and commit."""
     file = resolve_path(path)
     if file.is_file():
-        return pa.DataFrameSchema.from_yaml(file)
+        schema = pa.DataFrameSchema.from_yaml(file)
+        check_columns(frame, schema, file.name, warn=False)  # apply_schema warns
+        return schema
     schema = pa.infer_schema(frame)
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text(schema.to_yaml())
@@ -135,9 +142,42 @@ def load_schema(path: str, frame: pd.DataFrame) -> pa.DataFrameSchema:
     return schema
 
 
-def apply_schema(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> tuple[pd.DataFrame, int]:
+def check_columns(
+    frame: pd.DataFrame, schema: pa.DataFrameSchema, source: str = SCHEMA_FILE, warn: bool = True
+) -> None:
+    """Stop on columns the schema declares and the data lacks, naming them and the data's
+    undeclared ones plainly (pandera says `column 'None': column_in_dataframe`). Undeclared
+    columns alone go unchecked, which `warn` says, unless the schema is strict: then they stop."""
+    missing = [c for c, column in schema.columns.items() if column.required and c not in frame]
+    undeclared = [c for c in frame.columns if c not in schema.columns]
+    has = f"it has {columns_named(undeclared)} that {source} does not declare"
+    if missing or (undeclared and schema.strict is True):
+        parts = (
+            [f"the data lacks {columns_named(missing)} that {source} declares"] if missing else []
+        )
+        parts += [has] if undeclared else []
+        raise DataValidationError(
+            "schema",
+            None,
+            f"{'; '.join(parts)}. If the data is right, regenerate {source} by deleting it (the "
+            "next run infers it from this data and writes it for you to review); else fix "
+            "data.path",
+        )
+    if undeclared and warn:
+        unchecked = "them" if len(undeclared) > 1 else "it"
+        warnings.warn(
+            f"{has}: validation leaves {unchecked} unchecked; delete {source} to infer it again",
+            stacklevel=2,
+        )
+
+
+def apply_schema(
+    frame: pd.DataFrame, schema: pa.DataFrameSchema, source: str = SCHEMA_FILE
+) -> tuple[pd.DataFrame, int]:
     """Validate; rows with an impossible value (outside a range or an allowed set) are dropped and
-    counted, while a missing column, a wrong type or a forbidden missing value stops the run."""
+    counted, while a missing column, a wrong type or a forbidden missing value stops the run.
+    `source` names the schema in messages (data.schema's value)."""
+    check_columns(frame, schema, source)
     try:
         return schema.validate(frame, lazy=True), 0
     except SchemaErrors as errors:
@@ -147,11 +187,12 @@ def apply_schema(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> tuple[pd.Da
     if structural.any():
         first = cases[structural].iloc[0]
         more = f" (and {structural.sum() - 1} more)" if structural.sum() > 1 else ""
+        column = first["column"] if isinstance(first["column"], str) else None
         raise DataValidationError(
             "schema",
-            str(first["column"]),
-            f"{first['check']}: found {first['failure_case']!r}{more}. Fix the data, or the "
-            "schema file named by data.schema (delete it to infer a new one from this data)",
+            column,
+            f"{first['check']}: found {first['failure_case']!r}{more}. Fix the data, or "
+            f"{source} (delete it to infer a new one from this data)",
         )
     bad_rows = cases["index"].unique()
     return schema.validate(frame.drop(index=bad_rows), lazy=True), len(bad_rows)

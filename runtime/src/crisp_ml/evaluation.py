@@ -73,40 +73,115 @@ def positive_label(classes: list, positive_class: str) -> Any:
     return classes[1] if len(classes) == 2 else None
 
 
+# Where a metric is undefined on some rows, the metric a segment table shows instead: one that every
+# non-empty group has and that reads the same way (class-balanced, or an error in target units).
+FALLBACKS = {
+    "roc_auc": "balanced_accuracy",
+    "log_loss": "balanced_accuracy",
+    "r2": "mae",
+    "mape": "mae",
+}
+
+
+def _quoted(labels: list) -> str:
+    return ", ".join(repr(str(label)) for label in labels)
+
+
+def _check_labels(preds: Predictions) -> None:
+    """Refuse true labels none of which is a class of the model: the target was read with another
+    type than the model was trained on ("1" against 1), an error and not a group lacking classes."""
+    if preds.classes and not any(np.any(preds.y_true == label) for label in preds.classes):
+        raise EvaluationError(
+            "none of the true labels is a class of the model"
+            + _labels_hint(preds)
+            + ": read the target with the type it had in training"
+        )
+
+
+def _absent_classes(preds: Predictions) -> list:
+    """The model's classes that no true label holds: ROC AUC needs each of them (one against
+    the rest), so it is undefined where a group lacks one."""
+    return [label for label in preds.classes if not np.any(preds.y_true == label)]
+
+
+def undefined_reason(name: str, preds: Predictions, positive: Any = None) -> str:
+    """Why metric `name` is undefined on these rows, or "" when it is defined. Undefined is
+    expected (a small group lacking a class), unlike an error, which `metric_value` raises."""
+    if name not in METRICS:
+        raise EvaluationError(f"unknown metric {name!r}; the metrics are {list(METRICS)}")
+    y = preds.y_true
+    if len(y) == 0:
+        return "no rows"
+    _check_labels(preds)
+    if name in ("roc_auc", "log_loss") and preds.proba is None:
+        return "the model gives no class probabilities"
+    if name == "roc_auc" and (absent := _absent_classes(preds)):
+        kind = "class" if len(absent) == 1 else "classes"
+        return f"no rows of {kind} {_quoted(absent)}"
+    if name == "mape" and np.any(y == 0):
+        return "a target of zero (a percentage of zero is undefined)"
+    if name == "r2" and len(y) < 2:
+        return "fewer than two rows"
+    if name == "r2" and np.all(y == y[0]):
+        return "the target is constant here (R² divides by its variance)"
+    return ""
+
+
 def metric_value(name: str, preds: Predictions, positive: Any = None) -> float:
-    """A metric of METRICS on `preds`, in its own sign; NaN where it is undefined."""
-    y, p = preds.y_true, preds.y_pred
-    if len(y) == 0 or name not in METRICS:
+    """A metric of METRICS on `preds`, in its own sign; NaN where it is undefined on these rows
+    (`undefined_reason` says why). Any other failure is a real error and raises, naming the metric
+    and the labels, so it surfaces here and not several calls later."""
+    if undefined_reason(name, preds, positive):
         return math.nan
     try:
-        if name in ("roc_auc", "log_loss"):
-            if preds.proba is None:
-                return math.nan
-            if name == "log_loss":
-                return float(skm.log_loss(y, preds.proba, labels=preds.classes))
-            if len(preds.classes) == 2:
-                column = preds.classes.index(preds.classes[1] if positive is None else positive)
-                truth = y == preds.classes[column]
-                return float(skm.roc_auc_score(truth, preds.proba[:, column]))
-            return float(skm.roc_auc_score(y, preds.proba, multi_class="ovr", labels=preds.classes))
-        if name == "mape" and np.any(y == 0):
-            return math.nan  # a percentage of zero is undefined
-        if name == "r2" and len(y) < 2:
-            return math.nan
-        functions = {
-            "accuracy": skm.accuracy_score,
-            "balanced_accuracy": skm.balanced_accuracy_score,
-            "f1": lambda t, q: skm.f1_score(t, q, average="macro", zero_division=0),
-            "precision": lambda t, q: skm.precision_score(t, q, average="macro", zero_division=0),
-            "recall": lambda t, q: skm.recall_score(t, q, average="macro", zero_division=0),
-            "mae": skm.mean_absolute_error,
-            "rmse": skm.root_mean_squared_error,
-            "mape": skm.mean_absolute_percentage_error,
-            "r2": skm.r2_score,
-        }
-        return float(functions[name](y, p))
-    except ValueError:  # e.g. ROC AUC when the rows hold a single class
-        return math.nan
+        return float(_compute(name, preds, positive))
+    except (ValueError, TypeError, IndexError, KeyError) as error:
+        raise EvaluationError(
+            f"{name} cannot be computed on {len(preds.y_true)} rows: {error}" + _labels_hint(preds)
+        ) from error
+
+
+def _labels_hint(preds: Predictions) -> str:
+    """Some true labels beside the model's classes, as Python writes them ('1' is not 1): a label
+    type other than the training one is the usual cause of a classification error."""
+    if not preds.classes:
+        return ""
+
+    def shown(labels) -> str:
+        plain = [v.item() if isinstance(v, np.generic) else v for v in list(labels)[:5]]
+        return ", ".join(map(repr, plain)) + (", ..." if len(labels) > 5 else "")
+
+    seen = pd.unique(pd.Series(preds.y_true))
+    return f" (true labels {shown(seen)}; the model's classes {shown(preds.classes)})"
+
+
+def _compute(name: str, preds: Predictions, positive: Any) -> float:
+    """A metric on rows where it is defined; scikit-learn's errors pass through."""
+    y, p = preds.y_true, preds.y_pred
+    if name == "log_loss":
+        return skm.log_loss(y, preds.proba, labels=preds.classes)
+    if name == "roc_auc":
+        if len(preds.classes) == 2:
+            column = preds.classes.index(preds.classes[1] if positive is None else positive)
+            truth = y == preds.classes[column]
+            return skm.roc_auc_score(truth, preds.proba[:, column])
+        return skm.roc_auc_score(y, preds.proba, multi_class="ovr", labels=preds.classes)
+    if name == "balanced_accuracy":
+        # The mean recall of the classes present, as balanced_accuracy_score computes it, without
+        # its warning for predicted classes a group lacks (the usual case in a small segment).
+        present = list(pd.unique(pd.Series(y)))
+        return skm.recall_score(y, p, labels=present, average="macro", zero_division=0)
+    functions = {
+        "accuracy": skm.accuracy_score,
+        "f1": lambda t, q: skm.f1_score(t, q, average="macro", zero_division=0),
+        "precision": lambda t, q: skm.precision_score(t, q, average="macro", zero_division=0),
+        "recall": lambda t, q: skm.recall_score(t, q, average="macro", zero_division=0),
+        "mae": skm.mean_absolute_error,
+        "rmse": skm.root_mean_squared_error,
+        "mape": skm.mean_absolute_percentage_error,
+        "r2": skm.r2_score,
+    }
+    return functions[name](y, p)
 
 
 def metric_key(label: Any) -> str:
@@ -227,9 +302,12 @@ class Criterion:
     limit: float
     comparison: str  # ">=" or "<="
     note: str = ""
+    assessed: bool = True  # False: nothing to hold to the limit (stated in the note), not a failure
 
     @property
     def passed(self) -> bool:
+        if not self.assessed:
+            return True
         if self.value is None or math.isnan(self.value):
             return False  # what cannot be measured cannot pass
         return self.value >= self.limit if self.comparison == ">=" else self.value <= self.limit
@@ -276,10 +354,6 @@ def generalization_gaps(scores: dict[str, float], max_gap: float) -> pd.DataFram
 
 
 SEGMENT_MAX_DISTINCT = 10  # a numeric column with more distinct values is cut into quartiles
-FAIRNESS_MEASURES = {
-    "classification": ("demographic_parity_difference", "equalized_odds_difference"),
-    "regression": ("error_gap",),
-}
 
 
 def segment_groups(frame: pd.DataFrame, column: str, key: str = "use_case.segments") -> pd.Series:
@@ -295,49 +369,77 @@ def segment_groups(frame: pd.DataFrame, column: str, key: str = "use_case.segmen
             labels[number] = f"Q{int(number) + 1} ({part.min():.4g} to {part.max():.4g})"
         groups = quartile.map(labels)
     else:
-        groups = values.astype(str)
+        groups = values.map(_group_label)
     return groups.where(values.notna(), "missing").astype(str).rename(column)
 
 
-def _group_metric(name: str, preds: Predictions, positive: Any):
-    """A metric for MetricFrame: fairlearn splits only 1-D sample properties, so the rows of each
-    group arrive as positions and the probabilities are looked up from `preds`."""
+def _group_label(value: Any) -> str:
+    """A value as a group's name: an integral float reads as the integer it is ("cyl = 4", not
+    "4.0"), as an integer column with a missing value is held as floats."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
-    def compute(y_true, y_pred, rows):
-        return metric_value(name, preds.subset(np.asarray(rows)), positive)
 
-    return compute
+@dataclass(frozen=True)
+class GroupResult:
+    """A metric on one group's rows: its value, why it is undefined there, and the fallback."""
+
+    value: float
+    status: str  # "defined", or "undefined: <why>"
+    fallback: str = ""  # the metric shown instead where this one is undefined
+    fallback_value: float = math.nan
+
+
+def measure_group(name: str, preds: Predictions, positive: Any) -> GroupResult:
+    """`name` on one group's rows; where it is undefined, says why and measures its fallback.
+    The one place 04's segments and monitoring's labelled segments compute a group's metric."""
+    reason = undefined_reason(name, preds, positive)
+    if not reason:
+        return GroupResult(metric_value(name, preds, positive), "defined")
+    fallback = FALLBACKS.get(name, "")
+    value = metric_value(fallback, preds, positive) if fallback else math.nan
+    return GroupResult(math.nan, f"undefined: {reason}", fallback, value)
+
+
+SEGMENT_COLUMNS = ["segment", "group", "rows"]
+STATUS_COLUMNS = ["status", "fallback", "fallback_value"]
 
 
 def segment_metrics(
     preds: Predictions, frame: pd.DataFrame, columns: list[str], metric: str, positive: Any
 ) -> pd.DataFrame:
-    """One row per group of each column: its rows, the use case's metric and a context metric."""
+    """One row per group of each column: its rows, the use case's metric and a context metric,
+    and the metric's status there: "defined", or "undefined: <why>" with the fallback metric
+    measured instead (which never counts as the metric: only defined groups can be the worst)."""
     context = "accuracy" if METRICS[metric].task == "classification" else "mae"
     names = list(dict.fromkeys([metric, context]))
-    positions = np.arange(len(preds.y_true))
-    tables = []
+    rows = []
     for column in columns:
-        groups = segment_groups(frame, column)
-        by_group = MetricFrame(
-            metrics={**{n: _group_metric(n, preds, positive) for n in names}, "rows": count},
-            y_true=preds.y_true,
-            y_pred=preds.y_pred,
-            sensitive_features=groups.to_numpy(),
-            sample_params={n: {"rows": positions} for n in names},
-        ).by_group
-        table = by_group.reset_index()
-        table.columns = ["group", *table.columns[1:]]
-        table.insert(0, "segment", column)
-        tables.append(table)
-    if not tables:
-        return pd.DataFrame(columns=["segment", "group", *names, "rows"])
-    result = pd.concat(tables, ignore_index=True)
-    return result.astype({"rows": int})[["segment", "group", "rows", *names]]
+        groups = segment_groups(frame, column).to_numpy()
+        for group in sorted(pd.unique(groups)):
+            part = preds.subset(np.flatnonzero(groups == group))
+            result = measure_group(metric, part, positive)
+            row = {
+                "segment": column,
+                "group": group,
+                "rows": len(part.y_true),
+                metric: result.value,
+            }
+            row |= {name: metric_value(name, part, positive) for name in names if name != metric}
+            row |= {
+                "status": result.status,
+                "fallback": result.fallback,
+                "fallback_value": result.fallback_value,
+            }
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=[*SEGMENT_COLUMNS, *names, *STATUS_COLUMNS])
+    return table.astype({"rows": int, metric: float, "fallback_value": float})
 
 
 def worst_segment(table: pd.DataFrame, metric: str) -> pd.Series | None:
-    """The group with the worst defined value of `metric`, or None when there is none."""
+    """The group with the worst defined value of `metric`, or None when there is none: a group
+    where it is undefined (NaN, its status says why) is never the worst, whatever its fallback."""
     defined = table.dropna(subset=[metric]) if metric in table else table.iloc[0:0]
     if defined.empty:
         return None
@@ -347,24 +449,20 @@ def worst_segment(table: pd.DataFrame, metric: str) -> pd.Series | None:
 
 
 def plot_segments(table: pd.DataFrame, metric: str, floor: float) -> plt.Figure:
-    labels = [f"{s} = {g}" for s, g in zip(table["segment"], table["group"], strict=True)]
+    """The metric per group; a group where it is undefined is labelled so, with no bar."""
+    values = table[metric].astype(float)
+    labels = [
+        f"{s} = {g}" + (" (undefined)" if math.isnan(v) else "")
+        for s, g, v in zip(table["segment"], table["group"], values, strict=True)
+    ]
     figure, axis = plt.subplots(figsize=(8, 0.35 * len(table) + 1.5))
-    axis.barh(labels, table[metric].astype(float).fillna(0), color="tab:blue")
+    axis.barh(labels, values.fillna(0), color="tab:blue")
     axis.axvline(floor, color="tab:red", ls="--", label=f"worst_segment_threshold {floor:g}")
     axis.invert_yaxis()
-    axis.set(xlabel=f"{metric} on the test set (undefined groups at 0)", title="Segments")
+    axis.set(xlabel=f"{metric} on the test set", title="Segments")
     axis.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
     return figure
-
-
-def check_fairness_limits(limits: dict[str, float], task: str) -> None:
-    unknown = sorted(set(limits) - set(FAIRNESS_MEASURES[task]))
-    if unknown:
-        raise EvaluationError(
-            f"use_case.fairness_limits has {unknown}; for {task} the measures are "
-            f"{list(FAIRNESS_MEASURES[task])}"
-        )
 
 
 def fairness(
@@ -442,14 +540,17 @@ class Gate:
                 "value": c.value,
                 "limit": f"{c.comparison} {c.limit:g}",
                 "passed": c.passed,
+                "note": c.note,
             }
             for c in self.criteria
         ]
-        return pd.DataFrame(rows, columns=["criterion", "value", "limit", "passed"])
+        return pd.DataFrame(rows, columns=["criterion", "value", "limit", "passed", "note"])
 
     def report(self) -> str:
         if self.passed:
-            return f"acceptance gate passed ({len(self.criteria)} criteria)"
+            unassessed = sum(not c.assessed for c in self.criteria)
+            aside = f", {unassessed} not assessed" if unassessed else ""
+            return f"acceptance gate passed ({len(self.criteria)} criteria{aside})"
         lines = [
             f"  - {c.name}: {_number(c.value)}, needs {c.comparison} {c.limit:g}"
             + (f" ({c.note})" if c.note else "")
@@ -467,6 +568,7 @@ class Gate:
                     "comparison": c.comparison,
                     "limit": c.limit,
                     "passed": c.passed,
+                    "assessed": c.assessed,
                     "note": c.note,
                 }
                 for c in self.criteria
@@ -488,9 +590,16 @@ def acceptance_gate(
     criteria += sanity
     if use_case.segments:
         if worst is None:
-            note = "undefined in every group; choose segments whose groups hold every class"
+            # Only a group where the metric is defined can fail the gate (a group lacking a
+            # class has no ROC AUC); the segment table shows each group's fallback instead.
+            note = (
+                f"not assessed: {metric} is undefined in every group (see the segment table's "
+                "status and fallback); segments whose groups hold every class can be assessed"
+            )
             criteria.append(
-                Criterion(f"worst segment {metric}", math.nan, worst_threshold, comparison, note)
+                Criterion(
+                    f"worst segment {metric}", math.nan, worst_threshold, comparison, note, False
+                )
             )
         else:
             name = f"worst segment {metric} ({worst['segment']} = {worst['group']})"
@@ -557,6 +666,25 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
+def segments_for_card(table: pd.DataFrame) -> pd.DataFrame:
+    """The segment table with its status in one plain note: empty where the metric is defined,
+    else why it is not and the fallback measured instead (e.g. "undefined: no rows of class 'c';
+    balanced_accuracy 0.93 instead"). Without an undefined group the note is left out."""
+    if "status" not in table:
+        return table
+    shown = table.drop(columns=STATUS_COLUMNS)
+    if (table["status"] == "defined").all():
+        return shown
+    notes = [_segment_note(*row) for row in table[STATUS_COLUMNS].itertuples(index=False)]
+    return shown.assign(note=notes)
+
+
+def _segment_note(status: str, fallback: str, fallback_value: float) -> str:
+    if status == "defined":
+        return ""
+    return status + (f"; {fallback} {_number(fallback_value)} instead" if fallback else "")
+
+
 def limitations(facts: CardFacts) -> list[str]:
     """What this evaluation itself shows about the model's limits."""
     found = []
@@ -581,7 +709,10 @@ def limitations(facts: CardFacts) -> list[str]:
         undefined = facts.segments[facts.segments[metric].isna()]
         if not undefined.empty:
             groups = ", ".join(f"{r.segment} = {r.group}" for r in undefined.itertuples())
-            found.append(f"{metric} is undefined in some groups ({groups}): not assessed there.")
+            found.append(
+                f"{metric} is undefined in some groups ({groups}): those groups were not held "
+                "to `use_case.worst_segment_threshold`; the segment table gives a fallback."
+            )
     if not facts.use_case.sensitive_attributes:
         found.append("No sensitive attributes are configured: fairness was not assessed.")
     stated = facts.use_case.limitations or [
@@ -604,12 +735,15 @@ def model_card(facts: CardFacts) -> str:
     )
     metrics = pd.DataFrame([{"metric": k, "test": v} for k, v in facts.metrics.items()])
     scores = pd.DataFrame([{"score": k, uc.metric: v} for k, v in facts.scores.items()])
-    worst = (
-        f"Worst group: **{facts.worst['segment']} = {facts.worst['group']}** "
-        f"({uc.metric} {_number(float(facts.worst[uc.metric]))})."
-        if facts.worst is not None
-        else "No segment result."
-    )
+    if facts.worst is not None:
+        worst = (
+            f"Worst group: **{facts.worst['segment']} = {facts.worst['group']}** "
+            f"({uc.metric} {_number(float(facts.worst[uc.metric]))})."
+        )
+    elif not facts.segments.empty:
+        worst = f"{uc.metric} is undefined in every group: no worst group was assessed."
+    else:
+        worst = "No segment result."
     cost = ""
     if facts.cost:
         cost_rows = pd.DataFrame(
@@ -652,7 +786,7 @@ def model_card(facts: CardFacts) -> str:
             f"{uc.metric} across the stages:\n\n{markdown_table(scores)}{cost}"
         ),
         "## Segments",
-        f"{markdown_table(facts.segments)}\n\n{worst}",
+        f"{markdown_table(segments_for_card(facts.segments))}\n\n{worst}",
         "## Fairness",
         fairness,
         "## Acceptance gate",

@@ -441,7 +441,10 @@ def labelled_performance(
     positive_class: str,
     segments: list[str],
 ) -> tuple[float, pd.DataFrame, pd.Series | None]:
-    """The metric on the labelled rows, its value per segment group, and the worst group."""
+    """The metric on the labelled rows, its value per segment group, and the worst group.
+    The groups are measured as 04 measures them (`evaluation.segment_metrics`): a group where the
+    metric is undefined (a class missing) says so in `status`, with a fallback, and is never the
+    worst."""
     labelled = labelled.reset_index(drop=True)
     preds = evaluation.predict(model, labelled[features], labelled[target], task)
     positive = None
@@ -569,9 +572,11 @@ def performance_findings(
     max_drop: float,
     worst: pd.Series | None = None,
     worst_threshold: float = math.nan,
+    segments: pd.DataFrame | None = None,
 ) -> list[Finding]:
     """The metric on labelled rows against the use case's threshold and the registered score;
-    `current` None means there were no labels."""
+    `current` None means there were no labels. Only a group where the metric is defined can warn;
+    given the segment table, a metric undefined in every group is said to be not assessed."""
     if current is None:
         reason = "no true outcomes: performance not assessed (monitoring.labels_path)"
         return [Finding("performance", "ok", reason)]
@@ -596,6 +601,12 @@ def performance_findings(
         level = "ok" if scoring.meets(value, worst_threshold) else "warn"
         reason = f"worst segment {worst['segment']} = {worst['group']}: {metric} {value:.4g}"
         findings.append(Finding(f"worst segment {metric}", level, reason, value, worst_threshold))
+    elif segments is not None and not segments.empty:
+        reason = (
+            f"{metric} is undefined in every segment group (see the segment table's status and "
+            "fallback): the worst segment is not assessed"
+        )
+        findings.append(Finding(f"worst segment {metric}", "ok", reason))
     return findings
 
 

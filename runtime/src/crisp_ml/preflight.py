@@ -96,6 +96,18 @@ def check_columns(
     return problems
 
 
+def check_enough_rows(rows: int, cv_folds: Any) -> list[str]:
+    """Cross-validation needs `cv_folds` folds of the training set, and the test set its share:
+    twice the folds is the least that can work (03 checks the cleaned training set again)."""
+    if not _number(cv_folds) or rows >= 2 * cv_folds:
+        return []
+    problem = (
+        f"`modelling.cv_folds` = {cv_folds:g} needs at least {2 * cv_folds:g} rows; the data has "
+        f"{rows} after cleaning. Bring more data, or lower modelling.cv_folds (at least 2)."
+    )
+    return [problem]
+
+
 def _classes(labels: pd.Series) -> list[str]:
     """The target's classes as text, in scikit-learn's order (its `classes_` are sorted)."""
     values = list(pd.unique(labels.dropna()))
@@ -313,6 +325,7 @@ def data_problems(
     drop_duplicates = bool(get_dotted_or_none(tree, "data.drop_duplicates"))
     frame, problems = prepared_frame(raw, target, id_column, clean, drop_duplicates)
     problems += check_columns(raw, target, id_column, segments, sensitive, prepared=frame)
+    problems += check_enough_rows(len(frame), get_dotted_or_none(tree, "modelling.cv_folds"))
     if target not in frame.columns:
         return problems  # classes and baseline need the target
     labels = frame[target]

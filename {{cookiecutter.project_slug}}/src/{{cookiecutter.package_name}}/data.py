@@ -8,15 +8,12 @@ import pandas as pd
 
 
 def clean(frame: pd.DataFrame, target: str, drop_duplicates: bool) -> tuple[pd.DataFrame, dict]:
-    """Drop rows without a target and exact duplicates; integers become floats so a missing value
-    at prediction time fits the model's signature."""
+    """Drop rows without a target and exact duplicates. Integer columns stay integers: the schema
+    and the segments read 4, not 4.0, and the server takes a missing value in them as missing."""
     counts = {"rows_in": len(frame), "missing_target": int(frame[target].isna().sum())}
     frame = frame.dropna(subset=[target])
     if drop_duplicates:
         counts["duplicates"] = int(frame.duplicated().sum())
         frame = frame.drop_duplicates()
-    features = frame.columns.drop(target)
-    integers = [c for c in features if pd.api.types.is_integer_dtype(frame[c])]
-    frame = frame.astype(dict.fromkeys(integers, "float64"))
     counts["rows_out"] = len(frame)
     return frame.reset_index(drop=True), counts

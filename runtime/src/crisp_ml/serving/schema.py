@@ -35,11 +35,13 @@ _NUMBER = {int, float}
 _NONE = type(None)
 # Python types a JSON value may have, per column type (bool is not a number here).
 # An integral float (3.0) is an integer in JSON and JSON Schema, so integer columns take it.
+# Integer columns take null too: an integer feature stays an integer in training (its schema and
+# segments say "4", not "4.0"), and a value missing at prediction time is the imputer's to fill.
 ACCEPTED = {
     "double": _NUMBER | {_NONE},
     "float": _NUMBER | {_NONE},
-    "long": _NUMBER,
-    "integer": _NUMBER,
+    "long": _NUMBER | {_NONE},
+    "integer": _NUMBER | {_NONE},
     "boolean": {bool},
     "string": {str, _NONE},
     "datetime": {str, _NONE},
@@ -47,14 +49,15 @@ ACCEPTED = {
 EXPECTED = {
     "double": "a finite number or null",
     "float": "a finite number or null",
-    "long": "a 64-bit integer",
-    "integer": "a 32-bit integer",
+    "long": "a 64-bit integer or null",
+    "integer": "a 32-bit integer or null",
     "boolean": "true or false",
     "string": "a string or null",
     "datetime": "an ISO 8601 date-time string or null",
 }
 # The largest magnitude a value of each floating-point column type may have.
 LARGEST = {"double": float(np.finfo(np.float64).max), "float": float(np.finfo(np.float32).max)}
+INTEGERS = ("long", "integer")
 
 
 class RequestError(Exception):
@@ -242,18 +245,29 @@ def _from_text(name: str, kind: str, texts: list[str]) -> list:
 # --- the checks every format goes through ---------------------------------------------------------
 
 
+def columns_named(names: list, shown: int = 5) -> str:
+    """Column names quoted, the first few of a long list: "columns 'a', 'b' (and 29 more)"."""
+    quoted = ", ".join(repr(str(name)) for name in names[:shown])
+    more = f" (and {len(names) - shown} more)" if len(names) > shown else ""
+    return f"column{'s' if len(names) > 1 else ''} {quoted}{more}"
+
+
 def check_names(names: list[str], columns: list[Column]) -> None:
+    """The request's columns against the signature: what it lacks and what the model does not
+    take, each named (the details carry the full lists)."""
     known = {c.name for c in columns}
     missing = [c.name for c in columns if c.required and c.name not in names]
     unknown = [name for name in names if name not in known]
     if missing or unknown:
-        parts = [
-            f"missing column(s) {missing}" if missing else "",
-            f"unknown column(s) {unknown}" if unknown else "",
-        ]
+        parts = (
+            [f"the request lacks {columns_named(missing)} that the model needs"] if missing else []
+        )
+        parts += (
+            [f"it has {columns_named(unknown)} that the model does not take"] if unknown else []
+        )
+        taken = columns_named([c.name for c in columns], shown=10)
         raise RequestError(
-            400, "SCHEMA_MISMATCH",
-            f"{'; '.join(p for p in parts if p)}; the model takes {[c.name for c in columns]}",
+            400, "SCHEMA_MISMATCH", f"{'; '.join(parts)} (the model takes {taken})",
             missing=missing, unknown=unknown,
         )  # fmt: skip
 
@@ -284,16 +298,30 @@ def check(values: dict[str, list], columns: list[Column]) -> Batch:
 
 def _array(column: Column, values: list) -> np.ndarray:
     accepted = ACCEPTED[column.type]
-    if _NONE in accepted and float not in accepted:
+    if _NONE in accepted and column.type not in LARGEST:  # floating-point columns keep NaN as NaN
         values = _nan_as_missing(values)
     kinds = set(map(type, values))
     if not kinds <= accepted:
         row = next(i for i, v in enumerate(values) if type(v) not in accepted)
         raise invalid_value(column.name, column.type, row, values[row])
-    if float in kinds and column.type in ("long", "integer"):
-        values = _integral(column, values)
     if column.type in LARGEST:
         return _floats(column, values)
+    if column.type in INTEGERS:
+        return _integers(column, values if float not in kinds else _integral(column, values))
+    return _exact(column, values)
+
+
+def _integers(column: Column, values: list) -> np.ndarray:
+    """Integers in the column's dtype; with a value missing, float64 with NaN there, as pandas
+    holds an integer column with a gap and as the model's imputer takes it."""
+    if _NONE not in set(map(type, values)):
+        return _exact(column, values)
+    _exact(column, [0 if v is None else v for v in values])  # each present value within range
+    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _exact(column: Column, values: list) -> np.ndarray:
+    """The values in the column's dtype; one that does not fit is refused by its row."""
     try:
         return np.array(values, dtype=column.dtype)
     except (OverflowError, ValueError, TypeError):
@@ -336,7 +364,7 @@ def _integral(column: Column, values: list) -> list:
     for row, value in enumerate(values):
         if type(value) is float and not value.is_integer():
             raise invalid_value(column.name, column.type, row, value)
-    return [int(v) for v in values]
+    return [None if v is None else int(v) for v in values]
 
 
 def _json_integer(value: Any) -> Any:
@@ -369,18 +397,20 @@ def row_model(
     for i, column in enumerate(columns):
         annotation: Any = _PYDANTIC[column.type]
         if column.type in bounds:
-            annotation = Annotated[annotation, BeforeValidator(_json_integer)]
+            # The bounds belong to the integer itself, so that beside null (an integer column's
+            # missing value) the schema still publishes them as its minimum and maximum.
+            low, high = bounds[column.type]
+            annotation = Annotated[
+                annotation, Field(ge=low, le=high), BeforeValidator(_json_integer)
+            ]
         if _NONE in ACCEPTED[column.type]:
             annotation = annotation | None
-        low, high = bounds.get(column.type, (None, None))
         fields[f"c{i}"] = (
             annotation,
             Field(
                 ... if column.required else None,
                 alias=column.name,
                 description=f"{column.type}{'' if column.required else ', optional'}",
-                ge=low,
-                le=high,
                 strict=column.type != "datetime",  # ISO strings become datetimes
                 json_schema_extra=_float_range(column),
             ),
