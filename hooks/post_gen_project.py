@@ -77,7 +77,16 @@ def template_commit() -> str | None:
     top = git("rev-parse", "--show-toplevel")
     if top is None or Path(top).resolve() != RUNTIME.parent.resolve():
         return None
-    return git("rev-parse", "HEAD")
+    commit = git("rev-parse", "HEAD")
+    if commit and git("status", "--porcelain"):
+        # cruft's record has room for a commit only: say what it cannot hold.
+        print(
+            f"warning: the template at {top} has uncommitted changes, so this project is not "
+            f"exactly its commit {commit[:12]}, which .cruft.json records; `make update` will take "
+            "the difference for the project's own edits. Commit the template first to avoid that.",
+            file=sys.stderr,
+        )
+    return commit
 
 
 def template_source() -> str:

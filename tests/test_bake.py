@@ -19,6 +19,8 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 OPTIONS = json.loads((TEMPLATE / "cookiecutter.json").read_text())
@@ -621,6 +623,65 @@ def test_a_template_inside_another_repository_records_no_commit(tmp_path, cookie
         sys.modules.pop("local_extensions", None)  # the next bake imports this template's again
     record = json.loads((Path(made) / ".cruft.json").read_text())
     assert record["commit"] is None and record["template"] == str(template)
+
+
+def pins(requirements: list[str]) -> dict[str, str]:
+    """Package name -> its specifier and marker, as written."""
+    found = {}
+    for line in requirements:
+        requirement = Requirement(line)
+        found[canonicalize_name(requirement.name)] = f"{requirement.specifier};{requirement.marker}"
+    return found
+
+
+def test_the_serve_group_pins_each_package_as_the_runtime_does(baked):
+    """The image installs the serve group, the pipeline the runtime's dependencies: a model must
+    load where it is served with the versions it was trained with."""
+    runtime = tomllib.loads((TEMPLATE / "runtime" / "pyproject.toml").read_text())
+    project = tomllib.loads((baked.root / "pyproject.toml").read_text())
+    serve, trained = (
+        pins(project["dependency-groups"]["serve"]),
+        pins(runtime["project"]["dependencies"]),
+    )
+    both = serve.keys() & trained.keys()
+    assert {"scikit-learn", "numpy", "pandas", "skops"} <= both
+    assert {name: serve[name] for name in both} == {name: trained[name] for name in both}
+
+
+def test_the_serve_group_pin_check_sees_a_drift():
+    assert pins(["numpy==2.4.6"]) != pins(["numpy==2.4.7"])
+    assert pins(["uvloop>=0.21,<1; sys_platform != 'win32'"]) != pins(["uvloop>=0.21,<1"])
+
+
+def test_a_template_with_uncommitted_changes_says_its_commit_is_not_exact(
+    tmp_path, cookiecutter_config, capfd
+):
+    from cookiecutter.main import cookiecutter
+
+    template = copy_of_template(tmp_path / "crisp")
+    git = ["git", "-C", str(template), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "--quiet"], check=True)
+    subprocess.run([*git, "add", "--all"], check=True)
+    subprocess.run([*git, "commit", "--quiet", "-m", "the template"], check=True)
+
+    def generate(into: str) -> dict:
+        sys.modules.pop("local_extensions", None)
+        try:
+            made = cookiecutter(str(template), no_input=True, output_dir=str(tmp_path / into),
+                                config_file=str(cookiecutter_config))  # fmt: skip
+        finally:
+            sys.modules.pop("local_extensions", None)
+        return json.loads((Path(made) / ".cruft.json").read_text())
+
+    clean = generate("clean")
+    assert "uncommitted changes" not in capfd.readouterr().err
+    (template / "README.md").write_text("changed, not committed\n")
+    dirty = generate("dirty")
+    assert dirty["commit"] == clean["commit"], "cruft's record holds a commit and nothing else"
+    assert (
+        f"has uncommitted changes, so this project is not exactly its commit {clean['commit'][:12]}"
+        in capfd.readouterr().err
+    )
 
 
 def test_a_runtime_from_another_template_is_refused(tmp_path, cookiecutter_config):
