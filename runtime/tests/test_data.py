@@ -24,6 +24,7 @@ from crisp_ml.data import (
     load_schema,
     log_dataset_input,
     log_datasets,
+    quality_report,
     sample,
     split,
 )
@@ -99,6 +100,13 @@ def test_empty_and_mostly_missing_columns_stop():
         check_missing(sparse, 0.5)
 
 
+def test_a_column_listed_to_drop_is_exempt_from_the_missing_values_check():
+    sparse = frame().assign(gone=None, notes=[None] * 35 + ["late"] * 5)
+    with pytest.raises(DataValidationError, match=r"list it in data\.drop_columns to leave it out"):
+        check_missing(sparse, 0.5)
+    check_missing(sparse, 0.5, drop_columns=["gone", "notes", "not_a_column"])
+
+
 def test_too_few_rows_for_the_folds():
     with pytest.raises(DataValidationError, match=r"too few for modelling.cv_folds=5"):
         check_rows(frame(6), 5)
@@ -145,6 +153,32 @@ def test_an_inferred_schema_keeps_integer_columns_integers(isolated_project):
         schema = load_schema("schema.yaml", frame())
     assert str(schema.columns["age"].dtype) == "int64"
     assert "dtype: int64" in (isolated_project / "schema.yaml").read_text()
+
+
+def test_a_schema_forgets_the_columns_dropped_before_modelling(isolated_project):
+    """A column newly listed in data.drop_columns (or left out by its role) is not a schema
+    mismatch: the schema written by an earlier run need not be deleted."""
+    (isolated_project / "schema.yaml").write_text(pa.infer_schema(frame()).to_yaml())
+    kept = frame().drop(columns="city")
+    with pytest.raises(DataValidationError, match=r"lacks column 'city'"):
+        load_schema("schema.yaml", kept)
+    schema = load_schema("schema.yaml", kept, dropped=["city"])
+    assert list(schema.columns) == ["age", "label"]
+    assert apply_schema(kept, schema)[1] == 0
+
+
+def test_the_quality_report_shows_each_columns_role():
+    from crisp_ml.columns import assign_roles
+
+    data = frame().assign(country="NO")
+    with pytest.warns(UserWarning, match="column 'country' is not used for modelling, constant"):
+        roles = assign_roles(data, "label", drop_columns=["city"], id_column="row")
+    report = quality_report(data, roles.table)
+    assert report.index.tolist() == ["age", "city", "label", "country", "row"]
+    assert report.loc["country", "role"] == "constant" and not report.loc["country", "used"]
+    assert report.loc["city", "reason"] == "listed in data.drop_columns"
+    assert report.loc["age", "distinct"] == data["age"].nunique()
+    assert report.loc["row", "role"] == "id"  # dropped before: its role only
 
 
 @pytest.fixture(scope="module")

@@ -400,6 +400,41 @@ def test_the_card_shows_undefined_groups_plainly_with_their_fallback():
     assert "roc_auc is undefined in every group" in card_with_segments(nowhere, None)
 
 
+def card_with_columns(columns_not_used: list[dict[str, str]] | None) -> str:
+    gate = Gate([Criterion("roc_auc on the test set", 0.97, 0.9, ">=")])
+    gaps = generalization_gaps(dict.fromkeys(["training", "cross-validation", "test"], 0.97), 0.05)
+    return model_card(
+        CardFacts(
+            model_name="demo", use_case=use_case(), candidate="linear", hyperparameters={},
+            model_uri="models:/m-1", data={"test_rows": 400}, metrics={}, scores={}, gaps=gaps,
+            segments=pd.DataFrame(), worst=None, fairness=pd.DataFrame(), gate=gate, lineage={},
+            columns_not_used=columns_not_used,
+        )
+    )  # fmt: skip
+
+
+def test_the_card_lists_the_columns_not_used_and_why():
+    card = card_with_columns(
+        [
+            {"column": "signed_up", "role": "datetime", "reason": "dates and times"},
+            {"column": "postcode", "role": "high_cardinality", "reason": "1,987 distinct values"},
+            {"column": "notes", "role": "dropped", "reason": "listed in data.drop_columns"},
+        ]
+    )
+    section = card.split("## Columns not used and why\n")[1].split("##")[0]
+    assert card.index("## Data") < card.index("## Columns not used") < card.index("## Model")
+    assert "| column | role | reason |" in section
+    assert "| signed_up | datetime | dates and times |" in section
+    assert "| postcode | high cardinality | 1,987 distinct values |" in section
+    assert "| notes | dropped | listed in data.drop_columns |" in section
+    assert "Clients do not send these columns" in section
+
+
+def test_the_card_says_when_every_column_is_used_or_nothing_was_recorded():
+    assert "The model takes every column of the data but the target." in card_with_columns([])
+    assert "_Not recorded by this run's 02_data_preparation._" in card_with_columns(None)
+
+
 @pytest.mark.parametrize("stated", [["Adults of one hospital only."], []])
 def test_the_card_lists_the_limitations_the_use_case_states_and_no_placeholder(stated):
     gate = Gate([Criterion("roc_auc on the test set", 0.97, 0.9, ">=")])

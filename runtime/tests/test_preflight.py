@@ -115,6 +115,36 @@ def test_the_projects_own_clean_is_found_and_none_without_its_package(
     assert problems == [] and "customer_id" not in prepared
 
 
+def test_a_misspelt_drop_column_is_named_with_its_close_match():
+    problems = preflight.check_drop_columns(CUSTOMERS, ["regoin", "sex"], "churned")
+    problem = the_problem(problems, "data.drop_columns")
+    assert "'regoin' is not in the data. Did you mean 'region'?" in problem
+
+
+def test_drop_columns_may_name_a_column_clean_derives_never_the_target_or_a_segment():
+    prepared, _ = preflight.prepared_frame(CUSTOMERS, "churned", "customer_id", add_age_band)
+    assert preflight.check_drop_columns(CUSTOMERS, ["age_band"], prepared=prepared) == []
+    problems = preflight.check_drop_columns(
+        CUSTOMERS, ["churned", "region", "sex"], "churned", ["region"], ["sex"]
+    )
+    assert len(problems) == 3
+    assert "'churned', which `data.target` names" in problems[0]
+    assert "'region', which `use_case.segments` names" in problems[1]
+    assert "'sex', which `use_case.sensitive_attributes` names" in problems[2]
+
+
+@pytest.mark.parametrize("value", ["region", [1, 2], {"region": True}])
+def test_drop_columns_must_be_a_list_of_names(value):
+    problem = the_problem(preflight.check_drop_columns(CUSTOMERS, value), "data.drop_columns")
+    assert "use a list of column names" in problem
+
+
+def test_a_misspelt_drop_column_stops_the_run_before_it_starts(isolated_project):
+    tree = changed(demo_params("classification"), data__drop_columns=["mean radus"])
+    with pytest.raises(preflight.PreflightError, match=r"Did you mean 'mean radius'\?"):
+        preflight.check_before_run(tree)
+
+
 # --- the positive class ----------------------------------------------------------------------
 
 
@@ -167,6 +197,7 @@ def test_multiclass_fairness_needs_a_positive_class():
     [
         ("data.test_size", 1.5),
         ("data.test_size", 0),
+        ("data.max_categories", 0),
         ("data.sample_rows", -1),
         ("data.max_missing_share", 1.5),
         ("modelling.cv_folds", 1),
@@ -315,3 +346,15 @@ def test_too_few_rows_for_the_folds_are_named_before_modelling():
     assert preflight.check_enough_rows(12, 5) == []
     (problem,) = preflight.check_enough_rows(9, 5)
     assert problem.startswith("`modelling.cv_folds` = 5 needs at least 10 rows; the data has 9")
+
+
+def test_a_segment_on_a_column_02_leaves_out_by_itself_is_named_before_modelling():
+    frame = CUSTOMERS.assign(postcode=["P1", "P2", "P3", "P4"], country="NO")
+    tree = changed(demo_params("classification"), data__target="churned",
+                   use_case__segments=["postcode", "region"],
+                   use_case__sensitive_attributes=["country"], data__max_categories=3)  # fmt: skip
+    problems = preflight.data_problems(tree, frame)
+    assert "names 'postcode', which is not used for modelling" in the_problem(
+        problems, "use_case.segments"
+    )
+    assert "'country'" in the_problem(problems, "use_case.sensitive_attributes")

@@ -7,8 +7,14 @@ The public API is what the notebooks and a generated project import:
   (`hand_on`, `handed_on`) and the project's own settings (`settings`, from `[tool.crisp-ml]`).
 - `crisp_ml.params`: params.yaml, one-off overrides and the notebooks' typed `parameters` cells.
 - `crisp_ml.tracking`: MLflow set-up (`start_phase_run`, `client`, `model_name`).
-- `crisp_ml.use_case`, `crisp_ml.evaluation`, `crisp_ml.registry`, `crisp_ml.monitoring`: the
-  generic steps of phases 01, 04, 05 and 06, as the library their notebooks call.
+- `crisp_ml.use_case`: the use case 01 checks and hands on as one object (`UseCase`), which the
+  later phases read back (`handed_on_use_case`) and monitoring rebuilds from a version's pipeline
+  run (`UseCase.from_params` with `crisp_ml.registry.trained_params`).
+- `crisp_ml.columns`: the role of each column (feature, or left out and why) that 02 decides.
+- `crisp_ml.data`, `crisp_ml.modelling`, `crisp_ml.evaluation`, `crisp_ml.registry`,
+  `crisp_ml.monitoring`: the generic steps of phases 02 to 06, as the library their notebooks call.
+- `crisp_ml.preflight`: every setting checked against the data before a run (`check_before_run`),
+  as small checks a notebook can call on its own frame (`check_columns`, `check_positive_class`).
 - `crisp_ml.serving`: the model server, its bundle and integrity records, and the serving image.
 - `crisp_ml.update`: `make update`, a newer template merged into the project.
 - Two names the notebooks read: `crisp_ml.pipeline.PARENT_RUN_ENV` (the pipeline's parent run) and

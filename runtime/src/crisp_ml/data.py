@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pandera.errors import SchemaErrors
 from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.model_selection import train_test_split
 
+from .columns import distinct_values
 from .project import resolve_path
 from .serving.schema import columns_named
 from .tracking import once_more_on_a_dataset_race
@@ -98,16 +100,22 @@ def check_target(frame: pd.DataFrame, target: str, task: str, min_rows_per_class
         )
 
 
-def check_missing(frame: pd.DataFrame, max_share: float) -> None:
-    shares = frame.isna().mean()
+def check_missing(frame: pd.DataFrame, max_share: float, drop_columns: Iterable[str] = ()) -> None:
+    """Stop on a column missing more than `max_share` of its values, unless it is one of
+    `drop_columns` (data.drop_columns), which never reach the model."""
+    shares = frame.drop(columns=[c for c in drop_columns if c in frame.columns]).isna().mean()
+    drop_it = "list it in data.drop_columns to leave it out"
     for column, share in shares.items():
         if share == 1.0:
-            raise DataValidationError("missing values", column, "every value is missing; drop it")
+            raise DataValidationError(
+                "missing values", column, f"every value is missing; {drop_it}"
+            )
         if share > max_share:
             raise DataValidationError(
                 "missing values",
                 column,
-                f"{share:.0%} missing, above data.max_missing_share={max_share:.0%}",
+                f"{share:.0%} missing, above data.max_missing_share={max_share:.0%}; {drop_it}, "
+                "or raise data.max_missing_share",
             )
 
 
@@ -124,13 +132,16 @@ def check_rows(frame: pd.DataFrame, cv_folds: int) -> None:
 SCHEMA_FILE = "the schema file (data.schema)"  # how messages name a schema whose file is unknown
 
 
-def load_schema(path: str, frame: pd.DataFrame) -> pa.DataFrameSchema:
+def load_schema(path: str, frame: pd.DataFrame, dropped: Iterable[str] = ()) -> pa.DataFrameSchema:
     """The explicit schema, its columns checked against this data; when its file does not exist
     yet, one inferred from this data (integer columns as integers), written there for you to
-    review and commit."""
+    review and commit. Columns it declares that are `dropped` before modelling (see
+    `crisp_ml.columns`) are left out of it, so dropping one does not mean writing it again."""
     file = resolve_path(path)
     if file.is_file():
         schema = pa.DataFrameSchema.from_yaml(file)
+        if gone := [c for c in dropped if c in schema.columns and c not in frame.columns]:
+            schema = schema.remove_columns(gone)
         check_columns(frame, schema, file.name, warn=False)  # apply_schema warns
         return schema
     schema = pa.infer_schema(frame)
@@ -198,20 +209,28 @@ def apply_schema(
     return schema.validate(frame.drop(index=bad_rows), lazy=True), len(bad_rows)
 
 
-def quality_report(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per column: type, missing values, distinct values and range."""
+def quality_report(frame: pd.DataFrame, roles: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per column: type, missing values, distinct values and range; with `roles` (the
+    table of `crisp_ml.columns.assign_roles`), each column's role, whether the model uses it and
+    why (a column `clean` derived has its role only)."""
     numeric = frame.select_dtypes("number")
-    return pd.DataFrame(
+    report = pd.DataFrame(
         {
             "dtype": frame.dtypes.astype(str),
             "missing": frame.isna().sum(),
             "missing_share": frame.isna().mean().round(3),
-            "distinct": frame.nunique(),
+            "distinct": frame.apply(distinct_values),
             "min": numeric.min(),
             "max": numeric.max(),
             "mean": numeric.mean().round(3),
         }
     )
+    report = report.reindex(frame.columns)  # the data's order, not the alphabet's
+    if roles is None:
+        return report
+    decisions = roles.set_index("column")[["role", "used", "reason"]]
+    derived = [c for c in decisions.index if c not in report.index]
+    return report.reindex([*report.index, *derived]).join(decisions)
 
 
 def plot_quality(frame: pd.DataFrame, target: str, task: str) -> plt.Figure:

@@ -645,6 +645,9 @@ class CardFacts:
     gate: Gate
     lineage: dict[str, str]
     cost: dict[str, float] | None = None
+    # The columns 02 left out of the model: column, role, reason (`ColumnRoles.not_used`); None
+    # when the run did not record them.
+    columns_not_used: list[dict[str, str]] | None = None
     created: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 
@@ -724,6 +727,20 @@ def limitations(facts: CardFacts) -> list[str]:
     return found + stated
 
 
+def columns_not_used(facts: CardFacts) -> str:
+    """The card's account of the columns of the data the model does not take, and why."""
+    if facts.columns_not_used is None:
+        return "_Not recorded by this run's 02_data_preparation._"
+    if not facts.columns_not_used:
+        return "The model takes every column of the data but the target."
+    rows = pd.DataFrame(facts.columns_not_used, columns=["column", "role", "reason"])
+    rows["role"] = rows["role"].str.replace("_", " ")
+    return (
+        f"{markdown_table(rows)}\n\nClients do not send these columns: the model's input is the "
+        "other columns (02's decisions, `data.drop_columns` and `data.max_categories`)."
+    )
+
+
 def model_card(facts: CardFacts) -> str:
     """The model card as Markdown."""
     uc, gate = facts.use_case, facts.gate
@@ -775,6 +792,8 @@ def model_card(facts: CardFacts) -> str:
         intended,
         "## Data",
         data_lines,
+        "## Columns not used and why",
+        columns_not_used(facts),
         "## Model",
         (
             f"`{facts.model_uri}`: a scikit-learn pipeline, candidate **{facts.candidate}**, "

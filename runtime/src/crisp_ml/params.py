@@ -117,6 +117,7 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "data.sample_rows": (lambda v: v >= 0, "0 (every row) or a number of rows"),
     "data.max_missing_share": (_share, "a share between 0 and 1"),
     "data.min_rows_per_class": (lambda v: v >= 1, "at least 1"),
+    "data.max_categories": (lambda v: v >= 1, "at least 1 distinct value"),
     "modelling.cv_folds": (lambda v: v >= 2, "at least 2 cross-validation folds"),
     "modelling.n_iter": (lambda v: v >= 1, "at least 1 setting per candidate"),
     "modelling.n_jobs": (lambda v: v == -1 or v >= 1, "-1 (every core) or a number of fits"),

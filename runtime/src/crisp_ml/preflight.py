@@ -18,11 +18,13 @@ from __future__ import annotations
 import difflib
 import importlib
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import pandas as pd
 
+from .columns import MAX_CATEGORIES, ColumnRoleWarning, assign_roles
 from .params import ParamsError, get_dotted_or_none, value_problems
 from .use_case import METRICS, UseCase, UseCaseError
 
@@ -93,6 +95,41 @@ def check_columns(
             elif name not in columns:
                 fix = "Name columns of the data, or set it to [] for none."
                 problems.append(_missing_column(key, name, columns, fix))
+    return problems
+
+
+def check_drop_columns(
+    frame: pd.DataFrame,
+    drop_columns: Any,
+    target: str = "",
+    segments: Iterable[str] = (),
+    sensitive_attributes: Iterable[str] = (),
+    prepared: pd.DataFrame | None = None,
+) -> list[str]:
+    """`data.drop_columns`: a list of columns of the data (raw, or derived by the project's
+    `clean`: 02 drops them after it), never the target, a segment or a sensitive attribute, which
+    later phases need."""
+    key = "data.drop_columns"
+    if not isinstance(drop_columns, list | tuple) or not all(
+        isinstance(name, str) for name in drop_columns
+    ):
+        return [f"`{key}` = {drop_columns!r}: use a list of column names, or [] for none."]
+    columns = [str(c) for c in frame.columns]
+    if prepared is not None:
+        columns += [str(c) for c in prepared.columns if str(c) not in columns]
+    problems = []
+    needed = {target: "data.target"} if target else {}
+    needed |= {name: "use_case.segments" for name in segments}
+    needed |= {name: "use_case.sensitive_attributes" for name in sensitive_attributes}
+    for name in drop_columns:
+        if name not in columns:
+            fix = "Name columns of the data, or set it to [] for none."
+            problems.append(_missing_column(key, name, columns, fix))
+        elif name in needed:
+            problems.append(
+                f"`{key}` lists {name!r}, which `{needed[name]}` names: later phases need it. "
+                f"Remove it from one of them."
+            )
     return problems
 
 
@@ -313,6 +350,23 @@ def project_clean() -> Cleaner | None:
     return found if callable(found) else None
 
 
+def check_roles(
+    frame: pd.DataFrame,
+    target: str,
+    max_categories: int,
+    segments: Iterable[str],
+    sensitive_attributes: Iterable[str],
+) -> list[str]:
+    """Segments and sensitive attributes on a column 02 leaves out by itself (a date, free text,
+    too many categories, one value): 04 could not measure them. Columns left out on request are
+    `check_drop_columns`'s to name. On the whole data: a sample may count a few values fewer."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ColumnRoleWarning)  # the notebook shows them; here, noise
+        roles = assign_roles(frame, target, max_categories=max_categories)
+    named = {"use_case.segments": segments, "use_case.sensitive_attributes": sensitive_attributes}
+    return roles.problems_with(named)
+
+
 def data_problems(
     tree: dict[str, Any], raw: pd.DataFrame, clean: Cleaner | None = None
 ) -> list[str]:
@@ -325,9 +379,13 @@ def data_problems(
     drop_duplicates = bool(get_dotted_or_none(tree, "data.drop_duplicates"))
     frame, problems = prepared_frame(raw, target, id_column, clean, drop_duplicates)
     problems += check_columns(raw, target, id_column, segments, sensitive, prepared=frame)
+    drop_columns = get_dotted_or_none(tree, "data.drop_columns") or []
+    problems += check_drop_columns(raw, drop_columns, target, segments, sensitive, prepared=frame)
     problems += check_enough_rows(len(frame), get_dotted_or_none(tree, "modelling.cv_folds"))
     if target not in frame.columns:
-        return problems  # classes and baseline need the target
+        return problems  # roles, classes and baseline need the target
+    max_categories = get_dotted_or_none(tree, "data.max_categories") or MAX_CATEGORIES
+    problems += check_roles(frame, target, max_categories, segments, sensitive)
     labels = frame[target]
     positive_class = str(get_dotted_or_none(tree, "use_case.positive_class") or "")
     if task == "classification":
