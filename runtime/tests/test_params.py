@@ -32,6 +32,19 @@ def test_set_parses_yaml_values_and_scientific_floats():
     assert tree["data"]["path"] == "data/x.csv"
 
 
+def test_yes_and_no_stay_text_as_class_labels_do(tmp_path):
+    assert [P.parse_value(text) for text in ("yes", "no", "on", "Off")] == [
+        "yes",
+        "no",
+        "on",
+        "Off",
+    ]
+    assert [P.parse_value(text) for text in ("true", "False")] == [True, False]
+    labels = tmp_path / "labels.yaml"
+    labels.write_text("use_case:\n  positive_class: yes\n  flags: [no, true]\n")
+    assert P.load_yaml(labels)["use_case"] == {"positive_class": "yes", "flags": ["no", True]}
+
+
 def test_unknown_key_is_refused_with_a_suggestion():
     with pytest.raises(
         P.ParamsError, match=r"unknown parameter `data.tset_size`.*`data.test_size`"
