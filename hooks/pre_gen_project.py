@@ -57,6 +57,8 @@ RESERVED_NAMES = frozenset(
         "nbconvert", "ipywidgets", "tqdm",
         # the runtime's `update` command: it regenerates the template and merges notebooks
         "cookiecutter", "nbdime", "cruft",
+        # the runtime's `score --engine spark` (its `spark` extra)
+        "pyspark",
         # the generated project's own folders, and names Python or pytest treat specially
         "src", "test", "tests", "notebooks", "data", "conftest", "setup", "site",
         # standard-library modules the project imports (also covered by stdlib_module_names)

@@ -116,8 +116,8 @@ FILES_BY_OPTION = {
     ],
 }
 
-MAKE_TARGETS = ["help", "setup", "lab", "pipeline", "check", "fix", "test", "image", "serve",
-                "monitor", "doctor", "clean"]  # fmt: skip
+MAKE_TARGETS = ["help", "setup", "lab", "pipeline", "params", "check", "fix", "test", "image",
+                "serve", "score", "monitor", "doctor", "clean"]  # fmt: skip
 CI_COMMANDS = ["make setup", "make check", "make test", "make pipeline ARGS=--smoke"]
 # Jinja left unrendered: an opening tag, the end of a tag as Jinja is written (`{{ x }}`), or the
 # variable itself. A bare `}}` or `%}` is ordinary Python: nested dicts, f-string formats `{x:.0%}`.

@@ -16,6 +16,8 @@ The public API is what the notebooks and a generated project import:
 - `crisp_ml.preflight`: every setting checked against the data before a run (`check_before_run`),
   as small checks a notebook can call on its own frame (`check_columns`, `check_positive_class`).
 - `crisp_ml.serving`: the model server, its bundle and integrity records, and the serving image.
+- `crisp_ml.scoring`: `score`, batch predictions of a registered version from files, on this
+  machine in bounded memory or on Apache Spark (the `spark` extra).
 - `crisp_ml.update`: `make update`, a newer template merged into the project.
 - Two names the notebooks read: `crisp_ml.pipeline.PARENT_RUN_ENV` (the pipeline's parent run) and
   the registration tags of `crisp_ml.recovery` (`DECISION_TAG`, `PENDING`, `REGISTERED_BY_TAG`).

@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--shifted-batch", metavar="FILE",
         help="write the champion's test set, shifted by one standard deviation, to FILE and stop",
     )  # fmt: skip
+    _score_parser(commands)
     image = commands.add_parser("image", help="build and check the champion's serving image")
     image.add_argument("--version", help="model version to build (default: the champion)")
     image.add_argument("--base-image", help="FROM image (default: $BASE_IMAGE or the Dockerfile's)")
@@ -110,6 +111,60 @@ def build_parser() -> argparse.ArgumentParser:
     if project and project.tracking == "server":
         _tracking_server_commands(commands)
     return parser
+
+
+SCORE_EPILOG = """\
+each output row: the id column (data.id_column or --id-column; else `row`, the input's row
+number), `prediction`, `probability_<class>` per class (classifiers) and `model_version`. An output
+named .parquet or .csv is one file; any other name is a folder of part files with _SUCCESS. It
+appears only when complete. Every job is an MLflow run (kind=scoring): digests, rows, seconds.
+
+  score data/batch.csv --output scores/batch.parquet
+  score data/batch.parquet --output scores/batch.csv --version 3 --prediction-log logs/batch.jsonl
+  score data/big/ --output scores/big/ --engine spark --spark-master spark://host:7077"""
+
+
+def _score_parser(commands: argparse._SubParsersAction) -> None:
+    score = commands.add_parser(
+        "score", help="score a CSV or Parquet file (or folder) with the champion, in batch",
+        description="Predict every row of a file with a registered model version, on this machine "
+        "in bounded memory\n(--engine local) or on Apache Spark (--engine spark).",
+        epilog=SCORE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    score.add_argument("input", type=Path, help="a .csv or .parquet file, or a folder of Parquet")
+    score.add_argument(
+        "-o", "--output", type=Path, required=True,
+        help="a .parquet or .csv file, or a folder (Parquet part files and _SUCCESS)",
+    )  # fmt: skip
+    which = score.add_mutually_exclusive_group()
+    which.add_argument("--version", help="model version to score with (default: the champion)")
+    which.add_argument("--alias", help="the version holding this alias (e.g. challenger)")
+    score.add_argument("--id-column", help="the input's id column (default: data.id_column)")
+    score.add_argument("--format", dest="output_format", choices=("parquet", "csv"),
+                       help="of a folder output (default: parquet; files: from the name)")  # fmt: skip
+    score.add_argument("--engine", choices=("local", "spark"), default="local",
+                       help="local: chunks on this machine (default); spark: on Apache Spark")  # fmt: skip
+    score.add_argument("--spark-master", metavar="URL",
+                       help="Spark master (default: local[*]), e.g. spark://host:7077")  # fmt: skip
+    score.add_argument(
+        "--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+        help="a Spark setting, e.g. spark.executor.memory=4g (repeatable)",
+    )  # fmt: skip
+    score.add_argument("--chunk-rows", type=int, default=50_000, metavar="N",
+                       help="rows per chunk of the local engine (default: 50000)")  # fmt: skip
+    score.add_argument(
+        "--prediction-log", type=Path, metavar="FILE",
+        help="also append the rows to FILE in the prediction log's format, for `monitor`",
+    )  # fmt: skip
+    score.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    score.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="override one parameter, e.g. --set data.id_column=customer_id (repeatable)",
+    )  # fmt: skip
+    score.add_argument(
+        "--params", dest="param_files", action="append", default=[], type=Path, metavar="FILE",
+        help="a YAML file of overrides laid over params.yaml (repeatable)",
+    )  # fmt: skip
 
 
 def _project() -> ProjectSettings | None:
@@ -330,6 +385,47 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"Serving {model['name']} version {model['version']} from {bundle}")
     print(f"  http://{args.host}:{args.port}/docs  (Ctrl+C stops it)")
     return run(bundle, args.host, args.port)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from . import scoring
+    from .params import ParamsError
+    from .serving.integrity import IntegrityError
+    from .serving.model import ModelLoadError
+
+    try:
+        conf = dict(_key_value(item, "--spark-conf") for item in args.spark_conf)
+        id_column = args.id_column
+        if id_column is None:
+            id_column = scoring.id_column_from_params(args.param_files, args.sets)
+        request = scoring.Request(
+            input=args.input, output=args.output, version=args.version, alias=args.alias,
+            id_column=id_column, engine=args.engine, output_format=args.output_format,
+            chunk_rows=args.chunk_rows, prediction_log=args.prediction_log,
+            overwrite=args.overwrite, spark_master=args.spark_master, spark_conf=conf,
+        )  # fmt: skip
+        outcome = scoring.score(request)
+    except (scoring.ScoringError, ParamsError, IntegrityError, ModelLoadError) as error:
+        return _fail(error)
+    print(
+        f"Scored {outcome.rows:,} rows with {outcome.model_name} version {outcome.model_version} "
+        f"in {outcome.seconds:.1f} s ({outcome.rows_per_second:,.0f} rows/s)"
+    )
+    print(f"  predictions: {outcome.output}")
+    if args.prediction_log:
+        print(f"  prediction log: {args.prediction_log} (judge it: make monitor "
+              f'ARGS="--set monitoring.prediction_log={args.prediction_log}")')  # fmt: skip
+    print(f"  MLflow run:  {outcome.run_id} (open the UI with `make ui`)")
+    return 0
+
+
+def _key_value(item: str, option: str) -> tuple[str, str]:
+    from .scoring import ScoringError
+
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ScoringError(f"{option} {item!r}: write KEY=VALUE")
+    return key.strip(), value
 
 
 def _cmd_image(args: argparse.Namespace) -> int:
