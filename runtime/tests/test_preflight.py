@@ -198,6 +198,8 @@ def test_multiclass_fairness_needs_a_positive_class():
         ("data.test_size", 1.5),
         ("data.test_size", 0),
         ("data.max_categories", 0),
+        ("modelling.search_rows", -1),
+        ("modelling.max_model_mb", -5),
         ("data.sample_rows", -1),
         ("data.max_missing_share", 1.5),
         ("modelling.cv_folds", 1),

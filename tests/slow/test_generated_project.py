@@ -189,7 +189,7 @@ def bad_files(folder) -> dict[str, tuple[str, list[str], str, str]]:
                          "data check 'missing values' failed: column 'blank'"),
         "too_few_rows": (good.head(6).assign(y=["a", "b"] * 3), ["data.min_rows_per_class=1"],
                          PREFLIGHT, "`modelling.cv_folds` = 5 needs at least 10 rows"),
-        "wrong_type": (good.assign(x=[f"twelve {i}" for i in range(60)]), [], DATA_PREPARATION,
+        "wrong_type": (good.assign(x=np.resize(["twelve", "nine"], 60), n=np.arange(60)), [], DATA_PREPARATION,
                        "data check 'schema' failed: column 'x'"),
     }  # fmt: skip
     files = {}
