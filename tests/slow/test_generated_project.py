@@ -299,7 +299,7 @@ def test_same_parameters_give_the_same_scores(project_factory):
     project = project_factory(task="regression", project_name="Slow Regressor")
     started = int(time.time() * 1000)
     for _ in range(2):
-        project.cli("pipeline", "--smoke", "--only", "02", "03", "--set", "data.seed=11")
+        project.cli("pipeline", "--smoke", "--only", "01", "02", "03", "--set", "data.seed=11")
     scores = project.mlflow_query(
         f"""
         modelling = [r for r in runs if r.data.tags.get("mlflow.runName") == "03_modelling"
