@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from cookiecutter.main import cookiecutter
+from project_size import checkout, generate  # this folder is on sys.path: scripts run from it
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 REFERENCE = "ec18907"  # main before this change (its settings, search and capped forest)
@@ -73,25 +73,6 @@ def make_table(rows: int = ROWS, seed: int = 0) -> pd.DataFrame:
     for column, share in (("x3", 0.05), ("income", 0.1), ("plan", 0.03), ("channel", 0.08)):
         frame.loc[rng.random(rows) < share, column] = np.nan
     return frame
-
-
-def checkout(ref: str, into: Path) -> Path:
-    """The template at `ref`, unpacked with `git archive` (no working-tree changes)."""
-    archive = subprocess.run(
-        ["git", "-C", str(TEMPLATE), "archive", ref], capture_output=True, check=True
-    ).stdout
-    into.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
-def generate(template: Path, out: Path) -> Path:
-    # cookiecutter imports a template's local extensions by module name: forget the other one's.
-    sys.modules.pop("local_extensions", None)
-    options = {"git_init": False}
-    return Path(
-        cookiecutter(str(template), no_input=True, output_dir=str(out), extra_context=options)
-    )
 
 
 def project_env() -> dict[str, str]:

@@ -5,10 +5,13 @@ The runtime reads the project it serves from `[tool.crisp-ml]` in the project's 
 or tracking-server script use `generated_project`, the template generated once (no install).
 """
 
+import contextlib
 import importlib
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import mlflow
 import pytest
@@ -58,14 +61,28 @@ def generated_project(tmp_path_factory) -> Path:
                              extra_context={"git_init": False}))  # fmt: skip
 
 
+@contextlib.contextmanager
+def project_module(project: Path, name: str) -> Iterator[ModuleType]:
+    """A module of the generated project's own package (exported from its notebooks)."""
+    sys.path.insert(0, str(project / "src"))
+    try:
+        yield importlib.import_module(f"demo_ml_project.{name}")
+    finally:
+        sys.path.remove(str(project / "src"))
+
+
 @pytest.fixture(scope="session")
 def modelling(generated_project):
     """The generated project's own `modelling` module: its preprocessing and candidates."""
-    sys.path.insert(0, str(generated_project / "src"))
-    try:
-        yield importlib.import_module("demo_ml_project.modelling")
-    finally:
-        sys.path.remove(str(generated_project / "src"))
+    with project_module(generated_project, "modelling") as module:
+        yield module
+
+
+@pytest.fixture(scope="session")
+def project_data(generated_project):
+    """The generated project's own `data` module: its `clean`, exported from notebook 02."""
+    with project_module(generated_project, "data") as module:
+        yield module
 
 
 @pytest.fixture(scope="session")

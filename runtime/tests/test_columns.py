@@ -7,11 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io
-from sklearn.compose import ColumnTransformer, make_column_selector
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.pipeline import Pipeline
 
 from crisp_ml.columns import ColumnRoleWarning, assign_roles, looks_like_dates, role_of
 
@@ -167,37 +163,23 @@ def test_a_segment_on_a_column_left_out_is_a_problem_naming_the_fix():
     assert "remove it from data.drop_columns" in problems[1]
 
 
-def preprocessor() -> ColumnTransformer:
-    """03's preprocessor as the template ships it: numbers scaled, everything else one-hot."""
-    numeric = make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
-    categorical = make_pipeline(
-        SimpleImputer(strategy="most_frequent"),
-        OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=5, sparse_output=False),
-    )
-    return ColumnTransformer(
-        [
-            ("numeric", numeric, make_column_selector(dtype_include="number")),
-            ("categorical", categorical, make_column_selector(dtype_exclude="number")),
-        ]
-    )
-
-
-def fitted_and_reloaded(frame: pd.DataFrame) -> Pipeline:
-    """The model 03 would fit on `frame`, through skops as MLflow saves and the server loads it."""
+def fitted_and_reloaded(modelling, frame: pd.DataFrame) -> Pipeline:
+    """The model 03 would fit on `frame` (the project's own pipeline), through skops as MLflow
+    saves and the server loads it."""
     X, y = frame.drop(columns=["churned"]), frame["churned"]
-    model = Pipeline([("features", preprocessor()), ("model", LogisticRegression())]).fit(X, y)
+    model = modelling.make_pipeline_for("linear", "classification", 0).fit(X, y)
     data = skops.io.dumps(model)
     return skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data))
 
 
-def test_a_datetime_column_no_longer_breaks_the_saved_model():
+def test_a_datetime_column_no_longer_breaks_the_saved_model(modelling):
     """The bug: a zoned datetime column was one-hot encoded, and its Timestamps broke the skops
     file after all the cross-validation. Left out, the model saves, loads and predicts."""
     frame = planted()[["income", "region", "signed_up", "churned"]]
     with pytest.raises(TypeError):  # what today's 02 handed on
-        fitted_and_reloaded(frame)
+        fitted_and_reloaded(modelling, frame)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ColumnRoleWarning)
         modelled = assign_roles(frame, "churned").frame
-    model = fitted_and_reloaded(modelled)
+    model = fitted_and_reloaded(modelling, modelled)
     assert len(model.predict(modelled.drop(columns=["churned"]).head())) == 5

@@ -1,8 +1,6 @@
 """Data preparation: loading, the checks that stop bad data, cleaning and splitting."""
 
-import importlib
 import json
-import sys
 import warnings
 
 import mlflow
@@ -179,16 +177,6 @@ def test_the_quality_report_shows_each_columns_role():
     assert report.loc["city", "reason"] == "listed in data.drop_columns"
     assert report.loc["age", "distinct"] == data["age"].nunique()
     assert report.loc["row", "role"] == "id"  # dropped before: its role only
-
-
-@pytest.fixture(scope="module")
-def project_data(generated_project):
-    """The generated project's own `data` module: its `clean`, exported from notebook 02."""
-    sys.path.insert(0, str(generated_project / "src"))
-    try:
-        yield importlib.import_module("demo_ml_project.data")
-    finally:
-        sys.path.remove(str(generated_project / "src"))
 
 
 def test_the_projects_clean_keeps_integer_features_integers(project_data, isolated_project):

@@ -18,49 +18,18 @@ import pytest
 import skops.io
 from fastapi.testclient import TestClient
 from mlflow.models import infer_signature
-from sklearn.compose import ColumnTransformer, make_column_selector
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from crisp_ml import cli, monitoring, scoring
 from crisp_ml.registry import register
 from crisp_ml.scoring import Request, ScoringError, tables
 from crisp_ml.serving import export
 from crisp_ml.serving.app import Settings, create_app
-from crisp_ml.serving.integrity import RECORD_TAG, IntegrityError
+from crisp_ml.serving.integrity import RECORD_TAG, IntegrityError, sha256_file
 
 NAME = "demo-ml-project"  # model_name in the test settings (conftest.SETTINGS)
 FEATURES = ["size", "weight", "count", "colour"]
 
-
-def training_data(n: int = 120, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    X = pd.DataFrame(
-        {
-            "size": rng.normal(10, 2, n),
-            "weight": rng.normal(50, 10, n),
-            "count": rng.integers(0, 20, n),
-            "colour": rng.choice(["red", "green", "blue"], n),
-        }
-    )
-    noise = rng.normal(0, 0.5, n)
-    labels = np.where(X["size"] - 10 + (X["colour"] == "red") + noise > 0, "yes", "no")
-    return X, labels, (3 * X["size"] + X["count"]).to_numpy()
-
-
-def pipeline(task: str):
-    features = ColumnTransformer(
-        [
-            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()),
-             make_column_selector(dtype_include="number")),
-            ("categorical", make_pipeline(SimpleImputer(strategy="most_frequent"),
-                                          OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-             make_column_selector(dtype_exclude="number")),
-        ]
-    )  # fmt: skip
-    return make_pipeline(features, LogisticRegression() if task == "classification" else Ridge())
+from .toy_models import pipeline, training_data
 
 
 def register_version(client, task: str, alias: str | None = "champion") -> str:
@@ -342,8 +311,8 @@ def test_the_mlflow_run_holds_digests_counts_timing_and_version(tmp_path, champi
     outcome = run(tmp_path, tmp_path / "batch.csv")
     logged = mlflow.get_run(outcome.run_id).data
     assert logged.tags["kind"] == "scoring" and logged.tags["model_version"] == champion
-    assert logged.tags["input_digest"] == tables.file_digest(tmp_path / "batch.csv")
-    assert logged.tags["output_digest"] == tables.file_digest(outcome.output)
+    assert logged.tags["input_digest"] == sha256_file(tmp_path / "batch.csv")
+    assert logged.tags["output_digest"] == sha256_file(outcome.output)
     assert logged.metrics["rows"] == 57 and logged.metrics["seconds"] > 0
     assert logged.metrics["rows_per_second"] > 0
     assert logged.params["id_column"] == "customer" and logged.params["engine"] == "local"

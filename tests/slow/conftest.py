@@ -7,12 +7,18 @@ that produces that state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +48,13 @@ for line in sys.stdin:
     answers.write(json.dumps(answer) + "\n")
     answers.flush()
 """
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class QueryProcess:
@@ -115,6 +128,38 @@ class Project:
 
     def make(self, target: str, args: str = "", **kwargs):
         return self.run("make", target, *([f"ARGS={args}"] if args else []), **kwargs)
+
+    @contextlib.contextmanager
+    def serving(self, env: dict[str, str] | None = None) -> Iterator[str]:
+        """`serve` on a free loopback port, as `make serve` runs it; yields its URL once it answers
+        /ping, and stops it on exit. Its output goes to build/serve.out, shown when it fails."""
+        port = free_port()
+        command = [str(self.root / ".venv" / "bin" / self.slug), "serve", "--host", "127.0.0.1",
+                   "--port", str(port)]  # fmt: skip
+        output = self.root / "build" / "serve.out"
+        output.parent.mkdir(exist_ok=True)
+        with output.open("w") as sink:
+            server = subprocess.Popen(command, cwd=self.root, env=self.env(env), stdout=sink,
+                                      stderr=sink)  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/ping", timeout=2).read()
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail(f"`serve` did not answer /ping:\n{output.read_text()[-3000:]}")
+                    time.sleep(0.5)
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
     def python_json(self, code: str, **kwargs):
         """Run Python in the project's venv and parse the JSON it prints on its last line.

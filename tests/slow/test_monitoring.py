@@ -9,15 +9,10 @@ With the run folder gone, the training data comes from the copy 02 logged with i
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,12 +21,6 @@ pytestmark = pytest.mark.slow
 
 EXIT = {"ok": 0, "error": 1, "warn": 3, "retrain": 4}  # the generated README's table
 MAX_REQUESTS = 500  # the test set of a smoke run has 40 rows; a bound, whatever it holds
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def champion_test_rows(project) -> list[dict]:
@@ -47,36 +36,6 @@ def champion_test_rows(project) -> list[dict]:
         print(json.dumps(test.drop(columns=[target]).to_dict(orient="records")))
         """
     )
-
-
-@contextlib.contextmanager
-def serving(project, prediction_log, port: int) -> Iterator[str]:
-    """`serve` on 127.0.0.1 with the prediction log on; stopped (and its log flushed) on exit."""
-    command = [str(project.root / ".venv" / "bin" / project.slug), "serve", "--host", "127.0.0.1",
-               "--port", str(port)]  # fmt: skip
-    env = project.env({"PREDICTION_LOG": str(prediction_log)})
-    output = prediction_log.parent / "serve.out"
-    with output.open("w") as sink:
-        server = subprocess.Popen(command, cwd=project.root, env=env, stdout=sink, stderr=sink)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2).read()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the server did not answer /ping:\n{output.read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def send(url: str, rows: list[dict]) -> int:
@@ -120,7 +79,7 @@ def judged(smoked_project):
     log.parent.mkdir(exist_ok=True)
     log.unlink(missing_ok=True)
     rows = champion_test_rows(project)
-    with serving(project, log, free_port()) as url:
+    with project.serving({"PREDICTION_LOG": str(log)}) as url:
         sent = send(url, rows)
     logged = log.read_text().splitlines()
     unshifted = project.make("monitor", check=False)

@@ -8,15 +8,10 @@ project cannot take that kind of data, not that the data was noise.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,44 +49,6 @@ def write(project, frame: pd.DataFrame, name: str) -> str:
     return f"data/{name}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(project) -> Iterator[str]:
-    """`serve` on a free loopback port, stopped on exit."""
-    port = free_port()
-    command = [str(project.root / ".venv" / "bin" / project.slug), "serve", "--host", "127.0.0.1",
-               "--port", str(port)]  # fmt: skip
-    output = project.root / "build" / "serve.out"
-    output.parent.mkdir(exist_ok=True)
-    with output.open("w") as sink:
-        server = subprocess.Popen(command, cwd=project.root, env=project.env(), stdout=sink,
-                                  stderr=sink)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2).read()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the server did not answer /ping:\n{output.read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
 def predict(url: str, rows: list[dict]) -> dict:
     body = json.dumps({"rows": rows}, default=str).encode()
     request = urllib.request.Request(f"{url}/predict", data=body, method="POST",
@@ -125,7 +82,7 @@ def run_to_a_served_prediction(
     assert "champion alias:" in done.stdout, "the run ends with its summary"
     rows = frame.drop(columns=[target, *left_out]).head(3)
     rows = rows.astype(object).where(rows.notna(), None).to_dict(orient="records")
-    with serving(project) as url:
+    with project.serving() as url:
         return done, predict(url, rows)
 
 

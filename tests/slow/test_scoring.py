@@ -66,38 +66,9 @@ def batch(smoked_project, tmp_path_factory) -> dict:
     rows.insert(0, ID, [f"v{i:04d}" for i in range(len(rows))])
     rows.to_csv(folder / "batch.csv", index=False)
     rows.to_parquet(folder / "batch.parquet")
-    with serving(project, free_port()) as url:
+    with project.serving() as url:
         answer = invocations(url, rows.drop(columns=ID))
     return {"project": project, "folder": folder, "rows": rows, "answer": answer}
-
-
-@contextlib.contextmanager
-def serving(project, port: int) -> Iterator[str]:
-    """`serve` on 127.0.0.1, stopped on exit."""
-    command = [str(project.root / ".venv" / "bin" / project.slug), "serve", "--port", str(port)]
-    server = subprocess.Popen(
-        command, cwd=project.root, env=project.env(), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2).read()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the server did not answer /ping")
-                time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def invocations(url: str, rows: pd.DataFrame) -> dict:

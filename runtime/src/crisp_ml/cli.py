@@ -15,6 +15,14 @@ from .project import ProjectNotFound, ProjectSettings, settings
 
 
 def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    _override_arguments(parser)
+    parser.add_argument(
+        "--smoke", action="store_true", help="a small sample and a tiny search, for CI"
+    )
+
+
+def _override_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--set` and `--params`, the same on every command that reads params.yaml."""
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
         help="override one parameter, e.g. --set modelling.cv_folds=10 (repeatable, dotted keys)",
@@ -23,9 +31,6 @@ def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         "--params", dest="param_files", action="append", default=[], type=Path, metavar="FILE",
         help="a YAML file of overrides laid over params.yaml (repeatable)",
     )  # fmt: skip
-    parser.add_argument(
-        "--smoke", action="store_true", help="a small sample and a tiny search, for CI"
-    )
 
 
 PASS_THROUGH = ("lab", "test")  # commands that hand unknown options to the tool they wrap
@@ -157,14 +162,7 @@ def _score_parser(commands: argparse._SubParsersAction) -> None:
         help="also append the rows to FILE in the prediction log's format, for `monitor`",
     )  # fmt: skip
     score.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    score.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-        help="override one parameter, e.g. --set data.id_column=customer_id (repeatable)",
-    )  # fmt: skip
-    score.add_argument(
-        "--params", dest="param_files", action="append", default=[], type=Path, metavar="FILE",
-        help="a YAML file of overrides laid over params.yaml (repeatable)",
-    )  # fmt: skip
+    _override_arguments(score)
 
 
 def _project() -> ProjectSettings | None:

@@ -30,6 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from ..serving.integrity import sha256_file
 from ..serving.model import Column
 
 CSV_SUFFIXES = (".csv",)
@@ -358,14 +359,6 @@ def output_kind(path: Path, fmt: str | None) -> tuple[str, bool]:
     return fmt or named or "parquet", single
 
 
-def output_schema(
-    id_field: pa.Field | None, prediction_type: pa.DataType, classes: list
-) -> pa.Schema:
-    fields = [id_field or pa.field(ROW, pa.int64()), pa.field(PREDICTION, prediction_type)]
-    fields += [pa.field(probability_column(c), pa.float64()) for c in classes]
-    return pa.schema([*fields, pa.field(MODEL_VERSION, pa.string())])
-
-
 def probability_column(label: Any) -> str:
     return f"{PROBABILITY}{label}"
 
@@ -448,13 +441,8 @@ def digest(files: list[Path], root: Path | None = None) -> str:
     """SHA-256 of the files' bytes (with their names below `root` when there are several)."""
     total = hashlib.sha256()
     if len(files) == 1:
-        return file_digest(files[0])
+        return sha256_file(files[0])
     for file in files:
         name = str(file.relative_to(root)) if root else file.name
-        total.update(f"{name}\0{file_digest(file)}\n".encode())
+        total.update(f"{name}\0{sha256_file(file)}\n".encode())
     return total.hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    with Path(path).open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
