@@ -59,6 +59,8 @@ RESERVED_NAMES = frozenset(
         "cookiecutter", "nbdime", "cruft",
         # the runtime's `score --engine spark` (its `spark` extra)
         "pyspark",
+        # the model compiled to ONNX (05_deployment) and served by ONNX Runtime
+        "onnx", "onnxruntime", "skl2onnx",
         # the generated project's own folders, and names Python or pytest treat specially
         "src", "test", "tests", "notebooks", "data", "conftest", "setup", "site",
         # standard-library modules the project imports (also covered by stdlib_module_names)

@@ -36,15 +36,8 @@ from crisp_ml.serving.model import ModelLoadError
 
 PACKAGE = "crisp_ml"  # the runtime, whose serving modules the image runs
 TASKS = ["classification", "regression"]
-PROVENANCE = {
-    "name": "test-model",
-    "version": "7",
-    "run_id": "run-1",
-    "git_commit": "abc123",
-    "data_digest": "d1g",
-}
 
-from .toy_models import pipeline, training_data
+from .toy_models import PROVENANCE, pipeline, save_bundle, training_data
 
 
 @pytest.fixture(scope="module", params=TASKS)
@@ -55,21 +48,9 @@ def task(request) -> str:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, task):
     """(bundle folder, X, fitted pipeline): the model saved as MLflow saves it, with a manifest."""
-    import mlflow
-    from mlflow.models import infer_signature
-
     X, labels, values = training_data()
     model = pipeline(task).fit(X, labels if task == "classification" else values)
-    bundle = tmp_path_factory.mktemp(f"bundle-{task}")
-    mlflow.sklearn.save_model(
-        model, path=str(bundle / bundle_files.MODEL_DIR),
-        signature=infer_signature(X.head(5), model.predict(X.head(5))),
-        input_example=X.head(3), pip_requirements=["scikit-learn"], metadata={"task": task},
-        skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
-    )  # fmt: skip
-    record = Record.of(bundle / bundle_files.MODEL_DIR, PROVENANCE["name"])
-    bundle_files.write_manifest(bundle, PROVENANCE, record, "# Test model\nFor tests only.")
-    return bundle, X, model
+    return save_bundle(tmp_path_factory.mktemp(f"bundle-{task}"), model, X, task), X, model
 
 
 @pytest.fixture(scope="module")
@@ -327,39 +308,38 @@ def test_bad_json_requests_are_refused_with_the_reason(client, case):
     assert client.get("/ping").status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("content", "headers", "status", "code"),
-    [
-        (b'{"inputs": [', JSON_TYPE, 400, "MALFORMED_REQUEST"),
-        (b"\xff\xfe not utf-8", JSON_TYPE, 400, "MALFORMED_REQUEST"),
-        (b"[" * 100_000, JSON_TYPE, 400, "MALFORMED_REQUEST"),
-        (b"size,weight\n1,2\n", {"Content-Type": "text/plain"}, 415, "UNSUPPORTED_MEDIA_TYPE"),
-        (b"{}", {"Content-Type": ""}, 415, "UNSUPPORTED_MEDIA_TYPE"),
-        (b"{}", {"Content-Type": "application/json; charset=latin-1"}, 415, "UNSUPPORTED_MEDIA_TYPE"),
-        (b"size,weight,count,colour\nbig,1,2,red\n", {"Content-Type": "text/csv"}, 400, "INVALID_VALUE"),
-        (b"size,weight,count,colour\n1,2\n", {"Content-Type": "text/csv"}, 400, "MALFORMED_REQUEST"),
-        (b"", {"Content-Type": "text/csv"}, 400, "MALFORMED_REQUEST"),
-        (b"size,weight,count,colour,extra\n1,2,3,red,9\n", {"Content-Type": "text/csv"}, 400, "SCHEMA_MISMATCH"),
-    ],
-    ids=["truncated", "not utf-8", "deep nesting", "text/plain", "no type", "latin-1", "csv bad value",
-         "csv ragged", "csv empty", "csv extra column"],
-)  # fmt: skip
+CSV_HEADER = b"size,weight,count,colour"
+BAD_BODIES = {  # name: (body, headers, status, error code)
+    "truncated": (b'{"inputs": [', JSON_TYPE, 400, "MALFORMED_REQUEST"),
+    "not utf-8": (b"\xff\xfe not utf-8", JSON_TYPE, 400, "MALFORMED_REQUEST"),
+    "deep nesting": (b"[" * 100_000, JSON_TYPE, 400, "MALFORMED_REQUEST"),
+    "text/plain": (b"size,weight\n1,2\n", {"Content-Type": "text/plain"}, 415, "UNSUPPORTED_MEDIA_TYPE"),
+    "no type": (b"{}", {"Content-Type": ""}, 415, "UNSUPPORTED_MEDIA_TYPE"),
+    "latin-1": (b"{}", {"Content-Type": "application/json; charset=latin-1"}, 415, "UNSUPPORTED_MEDIA_TYPE"),
+    "csv bad value": (CSV_HEADER + b"\nbig,1,2,red\n", {"Content-Type": "text/csv"}, 400, "INVALID_VALUE"),
+    "csv ragged": (CSV_HEADER + b"\n1,2\n", {"Content-Type": "text/csv"}, 400, "MALFORMED_REQUEST"),
+    "csv empty": (b"", {"Content-Type": "text/csv"}, 400, "MALFORMED_REQUEST"),
+    "csv extra column": (CSV_HEADER + b",extra\n1,2,3,red,9\n", {"Content-Type": "text/csv"}, 400, "SCHEMA_MISMATCH"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("content", "headers", "status", "code"), BAD_BODIES.values(),
+                         ids=list(BAD_BODIES))  # fmt: skip
 def test_bad_bodies_are_refused(client, content, headers, status, code):
     answer = client.post("/invocations", content=content, headers=headers)
     assert (answer.status_code, answer.json()["error_code"]) == (status, code), answer.text
     assert client.get("/ping").status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("rows", "named"),
-    [
-        ([{k: v for k, v in ROW.items() if k != "colour"}], "colour"),
-        ([{**ROW, "height": 2.0}], "height"),
-        ([{**ROW, "size": "big"}], "size"),
-        ([], "rows"),
-    ],
-    ids=["missing", "unknown", "wrong type", "empty"],
-)
+PREDICT_REFUSALS = {
+    "missing": ([{k: v for k, v in ROW.items() if k != "colour"}], "colour"),
+    "unknown": ([{**ROW, "height": 2.0}], "height"),
+    "wrong type": ([{**ROW, "size": "big"}], "size"),
+    "empty": ([], "rows"),
+}
+
+
+@pytest.mark.parametrize(("rows", "named"), PREDICT_REFUSALS.values(), ids=list(PREDICT_REFUSALS))
 def test_typed_predict_refuses_rows_off_the_signature(client, rows, named):
     answer = client.post("/predict", json={"rows": rows})
     assert answer.status_code == 422, answer.text

@@ -1,4 +1,7 @@
-"""A small table and the pipeline 03 would fit on it, shared by the serving and scoring tests."""
+"""A small table and the pipeline 03 would fit on it, shared by the serving and scoring tests,
+and the serving bundle the export makes of it."""
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,3 +37,37 @@ def pipeline(task: str):
         ]
     )  # fmt: skip
     return make_pipeline(features, LogisticRegression() if task == "classification" else Ridge())
+
+
+PROVENANCE = {
+    "name": "test-model",
+    "version": "7",
+    "run_id": "run-1",
+    "git_commit": "abc123",
+    "data_digest": "d1g",
+}
+
+
+def save_bundle(bundle: Path, model, X: pd.DataFrame, task: str, onnx: bytes | None = None) -> Path:
+    """The model saved as MLflow saves it (skops), `model.onnx` beside it when given, and a
+    manifest holding the record of every file."""
+    import mlflow
+    import skops.io
+    from mlflow.models import infer_signature
+
+    from crisp_ml.serving import bundle as bundle_files
+    from crisp_ml.serving.integrity import Record
+    from crisp_ml.serving.model import ONNX_FILE
+
+    model_dir = bundle / bundle_files.MODEL_DIR
+    mlflow.sklearn.save_model(
+        model, path=str(model_dir),
+        signature=infer_signature(X.head(5), model.predict(X.head(5))),
+        input_example=X.head(3), pip_requirements=["scikit-learn"], metadata={"task": task},
+        skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
+    )  # fmt: skip
+    if onnx is not None:
+        (model_dir / ONNX_FILE).write_bytes(onnx)
+    record = Record.of(model_dir, PROVENANCE["name"])
+    bundle_files.write_manifest(bundle, PROVENANCE, record, "# Test model\nFor tests only.")
+    return bundle

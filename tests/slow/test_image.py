@@ -63,6 +63,7 @@ class Image:
     example: dict  # the input example, dataframe_split form
     expected: dict  # in-process predictions (and probabilities for a classifier)
     task: str
+    by_sklearn: dict  # the same, by the scikit-learn runtime (the image serves the ONNX model)
 
 
 @pytest.fixture(scope="session")
@@ -81,13 +82,18 @@ def image(champion_project, docker_base_image):
         """
         import json
         from pathlib import Path
+        import os
         from crisp_ml.serving.image import expected_answers
         example, expected = expected_answers(Path("build/image/bundle"))
-        print(json.dumps({"example": example, "expected": expected}))
+        os.environ["SERVING_RUNTIME"] = "scikit-learn"
+        _, by_sklearn = expected_answers(Path("build/image/bundle"))
+        print(json.dumps({"example": example, "expected": expected, "by_sklearn": by_sklearn}))
         """
     )
     task = project.options["task"]
-    yield Image(tag, project, expected["example"], expected["expected"], task)
+    yield Image(
+        tag, project, expected["example"], expected["expected"], task, expected["by_sklearn"]
+    )
     name = tag.split(":")[0]
     docker("image", "rm", "--force", tag, f"{name}:latest", check=False)
 
@@ -244,7 +250,8 @@ def test_image_is_lean_and_labelled(image):
     for key in ("ml.model.run-id", "ml.model.git-commit", "org.opencontainers.image.revision",
                 "org.opencontainers.image.created", "org.opencontainers.image.version"):  # fmt: skip
         assert labels.get(key) not in (None, "", "unknown"), key
-    probe = "import importlib.util as u; print([m for m in ('mlflow', 'jupyterlab', 'notebook', 'papermill') if u.find_spec(m)])"
+    # The demo champion is compiled to ONNX: its image holds no scikit-learn, SciPy or pandas.
+    probe = "import importlib.util as u; print([m for m in ('mlflow', 'jupyterlab', 'notebook', 'papermill', 'sklearn', 'scipy', 'pandas', 'skops') if u.find_spec(m)])"
     found = docker("run", "--rm", "--entrypoint", "python", image.tag, "-c", probe).stdout.strip()
     assert found == "[]", f"the image carries {found}"
     compilers = docker(
@@ -302,6 +309,19 @@ def test_every_request_format_matches_in_process_predictions(image, served, form
     )
     assert status == 200, answer
     assert close(answer["predictions"], image.expected["predictions"])
+
+
+def test_the_onnx_image_answers_as_the_scikit_learn_runtime_does(image, served):
+    """Identical classes; probabilities and values within compiling's tolerance (1e-5)."""
+    _, _, metadata = request(f"{served.url}/metadata")
+    assert metadata["runtime"] == "onnx" and "model.onnx" in metadata["files"]
+    query = "?probabilities=true" if image.task == "classification" else ""
+    status, _, answer = post_json(
+        f"{served.url}/invocations{query}", {"dataframe_split": image.example}
+    )
+    assert status == 200, answer
+    assert answer["predictions"] == image.by_sklearn["predictions"] or image.task == "regression"
+    assert close(answer, image.by_sklearn, tolerance=1e-5)
 
 
 def test_typed_predict_and_probabilities(image, served):

@@ -16,6 +16,7 @@ The public API is what the notebooks and a generated project import:
 - `crisp_ml.preflight`: every setting checked against the data before a run (`check_before_run`),
   as small checks a notebook can call on its own frame (`check_columns`, `check_positive_class`).
 - `crisp_ml.serving`: the model server, its bundle and integrity records, and the serving image.
+- `crisp_ml.compiling`: the model compiled to ONNX for serving, and checked to answer alike.
 - `crisp_ml.scoring`: `score`, batch predictions of a registered version from files, on this
   machine in bounded memory or on Apache Spark (the `spark` extra).
 - `crisp_ml.update`: `make update`, a newer template merged into the project.

@@ -433,7 +433,7 @@ def _cmd_image(args: argparse.Namespace) -> int:
 
     try:
         if args.no_build:
-            context, _ = image.stage(args.version)
+            context, _, _ = image.stage(args.version)
             print(f"Staged {context}; build it with: docker build -t {settings().image_name}:dev .")
             return 0
         if args.no_verify:

@@ -196,7 +196,7 @@ def score(request: Request, echo: Callable[[str], None] | None = None) -> Outcom
         raise ScoringError(str(error)) from None
     with tempfile.TemporaryDirectory(prefix="score-") as scratch:
         folder = download_verified(f"models:/{mv.name}/{mv.version}", record, Path(scratch) / "m")
-        model = Model(mv.name, str(mv.version), folder, served.load(folder))
+        model = Model(mv.name, str(mv.version), folder, served.load(folder, served.SKLEARN))
         found = tables.problems(source, model.served.columns, request.id_column)
         if request.engine == "spark" and not request.id_column:
             found.append(

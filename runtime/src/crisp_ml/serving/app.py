@@ -11,7 +11,11 @@
 Environment (all optional): SERVING_TOKEN (bearer token for all but /ping and /health),
 MAX_BODY_BYTES (default 1 MiB, checked before parsing), PREDICTION_LOG (a .jsonl path; off when
 unset), PREDICTION_LOG_MAX_BYTES, PREDICTION_LOG_BACKUPS, PREDICTION_BUCKETS (histogram bounds
-for a regressor's predictions, comma-separated).
+for a regressor's predictions, comma-separated), SERVING_RUNTIME (auto, onnx or scikit-learn:
+model.py says how `auto` chooses), SERVING_WORKERS (server processes: a whole number, default 1,
+or `auto`, one per CPU the process may use; `python -m crisp_ml.serving` starts them, and with
+more than one, /metrics adds up every worker's counts; process_* metrics are left out then, as
+each would describe one worker only).
 
 No `from __future__ import annotations` here: FastAPI must see the request model generated at
 run time as a real annotation.
@@ -39,18 +43,20 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from . import bundle as bundle_files
 from . import predlog, schema
-from .model import ServedModel, load
+from .model import RUNTIME_ENV, ServedModel, load
 from .schema import ErrorBody, PredictResponse, RequestError
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures this one; our lines sit with its own
@@ -66,10 +72,48 @@ VALUE_BUCKETS = tuple(
     sorted({s * m * 10**e for s in (-1, 1) for m in (1, 2.5, 5) for e in range(-1, 5)} | {0.0})
 )
 JSON = "application/json"
+WORKERS_ENV = "SERVING_WORKERS"
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2 quota, "<quota> <period>" or "max <period>"
 
 
 class SettingsError(ValueError):
     """An environment setting the server cannot use."""
+
+
+def usable_cpus(cpu_max: Path = CPU_MAX) -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (what
+    `docker run --cpus 2` sets), rounded down so workers are not throttled; at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this platform
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, int(quota) // int(period))
+    except (OSError, ValueError, ZeroDivisionError):  # no cgroup v2 limit here
+        pass
+    return max(cpus, 1)
+
+
+def worker_count(raw: str | None, cpu_max: Path = CPU_MAX) -> int:
+    """SERVING_WORKERS (or --workers) as a number of processes: unset is 1, `auto` usable_cpus."""
+    text = (raw or "").strip().lower()
+    if not text:
+        return 1
+    if text == "auto":
+        return usable_cpus(cpu_max)
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise SettingsError(
+            f"{WORKERS_ENV}={raw!r} is not a number of worker processes: set it to a whole "
+            f"number, 1 or more (e.g. {WORKERS_ENV}=2 or --workers 2), or to auto for one per "
+            "CPU this process may use"
+        )
+    return count
 
 
 @dataclass(frozen=True)
@@ -80,6 +124,8 @@ class Settings:
     prediction_log_max_bytes: int = 50 * 1024 * 1024
     prediction_log_backups: int = 1
     prediction_buckets: tuple[float, ...] = VALUE_BUCKETS
+    runtime: str | None = None  # None: SERVING_RUNTIME, else auto
+    workers: int = 1  # server processes; above 1 the metrics are shared through files
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -112,16 +158,31 @@ class Settings:
             ),
             prediction_log_backups=number("PREDICTION_LOG_BACKUPS", cls.prediction_log_backups),
             prediction_buckets=buckets,
+            runtime=env.get(RUNTIME_ENV, "").strip() or None,
+            workers=worker_count(env.get(WORKERS_ENV)),
         )
 
 
 class Metrics:
-    """Prometheus metrics in a registry of the app's own (several apps can live in one process)."""
+    """Prometheus metrics in a registry of the app's own (several apps can live in one process).
 
-    def __init__(self, model: ServedModel, provenance: bundle_files.Provenance, buckets):
-        self.registry = registry = CollectorRegistry()
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
+    `shared` (several worker processes): prometheus_client's multiprocess mode. Each worker's
+    values live in files under PROMETHEUS_MULTIPROC_DIR, set before prometheus_client is imported
+    (`python -m crisp_ml.serving` does it), and `registry` reads every worker's files, so whichever
+    worker answers the scrape reports the sums. Per-process collectors are left out then.
+    """
+
+    def __init__(
+        self, model: ServedModel, provenance: bundle_files.Provenance, buckets, shared: bool = False
+    ):
+        self.registry = CollectorRegistry()
+        if shared:
+            _Workers(self.registry)
+            registry = None  # the metrics below write to files; the collector reads them all
+        else:
+            registry = self.registry
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
         self.requests = Counter(
             "serving_requests", "HTTP requests by endpoint, method and status code",
             ["endpoint", "method", "status"], registry=registry,
@@ -162,15 +223,21 @@ class Metrics:
             "Requests refused with 503 because the prediction log could not be written",
             registry=registry,
         )
-        Info("serving_model", "The model being served", registry=registry).info(
-            {
-                "name": provenance.name,
-                "version": provenance.version,
-                "run_id": provenance.run_id,
-                "git_commit": provenance.git_commit,
-                "task": model.task,
-            }
-        )
+        labels = {
+            "name": provenance.name,
+            "version": provenance.version,
+            "run_id": provenance.run_id,
+            "git_commit": provenance.git_commit,
+            "task": model.task,
+            "runtime": model.runtime,
+        }
+        if shared:  # Info does not work across processes: the same sample, from a gauge
+            Gauge(
+                "serving_model_info", "The model being served", list(labels),
+                multiprocess_mode="livemax", registry=registry,
+            ).labels(**labels).set(1)  # fmt: skip
+        else:
+            Info("serving_model", "The model being served", registry=registry).info(labels)
 
     def observe_predictions(self, endpoint: str, predictions: list, seconds: float) -> None:
         self.rows.labels(endpoint).inc(len(predictions))
@@ -182,6 +249,37 @@ class Metrics:
             for value in predictions:
                 if isinstance(value, int | float) and math.isfinite(value):
                     self.values.observe(value)
+
+
+class _Workers(MultiProcessCollector):
+    """Every worker's metric files; the live gauges of workers that have exited are dropped first
+    (uvicorn restarts a dead worker without telling anyone: this is where it is noticed)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+        if not os.path.isdir(self.path):
+            raise SettingsError(
+                f"{WORKERS_ENV} above 1 needs PROMETHEUS_MULTIPROC_DIR, a fresh directory for the "
+                "workers' metrics: start the server with `python -m crisp_ml.serving`, which sets it"
+            )
+        super().__init__(registry, self.path)
+
+    def collect(self):
+        for file in Path(self.path).glob("gauge_live*_*.db"):
+            pid = file.stem.rpartition("_")[2]
+            if pid.isdigit() and not _alive(int(pid)):
+                mark_process_dead(int(pid), self.path)
+        return super().collect()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def error_body(code: str, message: str, **details: Any) -> bytes:
@@ -361,9 +459,9 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     bundle = Path(bundle)
     manifest = bundle_files.verify(bundle)  # before any byte of the model is deserialised
-    model = load(bundle / bundle_files.MODEL_DIR)
+    model = load(bundle / bundle_files.MODEL_DIR, settings.runtime)
     provenance = bundle_files.Provenance.from_manifest(manifest)
-    metrics = Metrics(model, provenance, settings.prediction_buckets)
+    metrics = Metrics(model, provenance, settings.prediction_buckets, shared=settings.workers > 1)
     prediction_log = None
     if settings.prediction_log:
         prediction_log = predlog.PredictionLog(
@@ -383,8 +481,9 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         log.info(
-            "serving %s version %s (run %s, %s, %d input columns)%s",
+            "serving %s version %s (run %s, %s, %d input columns, %s runtime)%s",
             provenance.name, provenance.version, provenance.run_id, model.task, len(columns),
+            model.runtime,
             f"; prediction log {settings.prediction_log}" if prediction_log else "",
         )  # fmt: skip
         if prediction_log and prediction_log.repaired_bytes:
@@ -439,9 +538,9 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
             raise RequestError(400, "INVALID_PARAMETER", "a regression model has no probabilities")
         started = time.perf_counter()
         try:
-            frame = model.frame(batch.arrays)
-            predictions = model.predict(frame)
-            probas = model.predict_proba(frame) if probabilities else None
+            inputs = model.inputs(batch.arrays)
+            predictions = model.predict(inputs)
+            probas = model.predict_proba(inputs) if probabilities else None
         except Exception as error:  # the input passed the signature yet the model refused it
             raise RequestError(
                 400, "PREDICTION_FAILED", f"the model could not predict these rows: {error}"
@@ -486,6 +585,7 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
                 "model_name": provenance.name,
                 "model_version": provenance.version,
                 "mlflow_version": model.mlmodel.get("mlflow_version"),
+                "runtime": model.runtime,
             }
         )
 
@@ -495,6 +595,7 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
             {
                 "model": manifest.get("model"),
                 "task": model.task,
+                "runtime": model.runtime,
                 "classes": model.classes if classification else None,
                 "signature": [
                     {"name": c.name, "type": c.type, "required": c.required} for c in columns

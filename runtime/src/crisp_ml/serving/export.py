@@ -150,6 +150,36 @@ def seal(model_uri: str, trained: Any, X: Any, name: str | None = None) -> Recor
     return record
 
 
+def compile_for_serving(
+    model_uri: str, record: Record, X: Any, task: str, client: Any = None
+) -> tuple[str, Record, Any]:
+    """The logged model compiled to ONNX when it answers as scikit-learn does on `X` (the test
+    set): a copy of the logged model with `model.onnx` beside its checked files, its URI and the
+    record of all of them. When it does not compile, the logged model as it was, and why not
+    (`Compiled.reason`). A new logged model, never an added file: versions registered from the
+    same run keep the files their own records vouch for."""
+    from ..compiling import compile_for_serving as compile_model
+
+    with _scratch() as folder:
+        download_verified(model_uri, record, folder)
+        trained = served.load_estimator(folder)[0]
+        columns = served.signature_columns(served.read_mlmodel(folder))
+        compiled = compile_model(trained, X, task, columns)
+        if compiled.onnx is None:
+            return model_uri, record, compiled
+        (folder / served.ONNX_FILE).write_bytes(compiled.onnx)
+        client = client or tracking_client()
+        source = client.get_logged_model(model_uri.removeprefix("models:/"))
+        copy = client.create_logged_model(
+            source.experiment_id, name=source.name, source_run_id=source.source_run_id,
+            tags={**source.tags, "compiled_from": source.model_id}, params=source.params,
+            model_type=source.model_type,
+        )  # fmt: skip
+        client.log_model_artifacts(copy.model_id, str(folder))
+        client.finalize_logged_model(copy.model_id, "READY")
+        return f"models:/{copy.model_id}", Record.of(folder, record.model_name), compiled
+
+
 def _parent(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     return dest.parent

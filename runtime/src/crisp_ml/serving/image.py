@@ -1,6 +1,7 @@
 """The serving image: stage a build context from the registry, build it, run it, check its answers.
 
-    build/image/requirements.txt   the `serve` dependency group of pyproject.toml
+    build/image/requirements.txt   the dependency group of pyproject.toml for the model's runtime:
+                                   `serve-onnx` for a model compiled to ONNX, else `serve`
     build/image/app/crisp_ml/      the serving modules of the runtime (no MLflow among them)
     build/image/bundle/            the model version and its manifest (see export.py)
 
@@ -28,7 +29,9 @@ from typing import Any
 
 from .. import __version__
 from ..project import project_root, settings
+from . import bundle as bundle_files
 from . import export
+from . import model as served
 
 PACKAGE = __package__.split(".")[0]
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -40,6 +43,7 @@ RUNTIME_MODULES = (
     "bundle.py",
     "integrity.py",
     "model.py",
+    "onnx_model.py",
     "predlog.py",
     "schema.py",
 )
@@ -78,14 +82,21 @@ def dockerfile() -> Path:
 # --- the build context -----------------------------------------------------------------------------
 
 
-def serve_requirements(pyproject: Path | None = None) -> list[str]:
-    """The `serve` dependency group (with any groups it includes), as requirement lines."""
+# The dependency group each runtime's image installs.
+SERVE_GROUPS = {"onnx": "serve-onnx", "scikit-learn": "serve"}
+
+
+def serve_requirements(pyproject: Path | None = None, group: str = "serve") -> list[str]:
+    """A serve dependency group (with any groups it includes), as requirement lines."""
     data = tomllib.loads((pyproject or project_root() / "pyproject.toml").read_text())
     groups = data.get("dependency-groups", {})
 
     def expand(name: str, seen: tuple[str, ...] = ()) -> list[str]:
         if name not in groups:
-            raise ImageError(f"pyproject.toml has no dependency group '{name}'")
+            raise ImageError(
+                f"pyproject.toml has no dependency group '{name}': `make update` brings the "
+                "template's groups (or set SERVING_RUNTIME=scikit-learn to build the `serve` one)"
+            )
         lines = []
         for item in groups[name]:
             if (
@@ -98,7 +109,7 @@ def serve_requirements(pyproject: Path | None = None) -> list[str]:
                 lines.append(item)
         return lines
 
-    return expand("serve")
+    return expand(group)
 
 
 def requirement_mismatches(requirements: list[str], model_dir: Path) -> list[str]:
@@ -117,8 +128,9 @@ def requirement_mismatches(requirements: list[str], model_dir: Path) -> list[str
     return problems
 
 
-def stage(version: str | int | None = None, echo: Echo = print) -> tuple[Path, dict]:
-    """build/image/: the bundle of a model version (the champion by default), app and requirements."""
+def stage(version: str | int | None = None, echo: Echo = print) -> tuple[Path, dict, str]:
+    """build/image/: the bundle of a model version (the champion by default), app and the
+    requirements of the runtime that will serve it (returned with the manifest)."""
     context = context_dir()
     if context.exists():
         shutil.rmtree(context)
@@ -128,11 +140,12 @@ def stage(version: str | int | None = None, echo: Echo = print) -> tuple[Path, d
     for name in RUNTIME_MODULES:
         shutil.copy2(PACKAGE_DIR / "serving" / name, app / "serving" / name)
     bundle, manifest = export.export_bundle(version, context / "bundle")
-    requirements = serve_requirements()
+    runtime = served.chosen_runtime(bundle / bundle_files.MODEL_DIR)
+    requirements = serve_requirements(group=SERVE_GROUPS[runtime])
     (context / "requirements.txt").write_text("\n".join(requirements) + "\n")
     for problem in requirement_mismatches(requirements, bundle / "model"):
         echo(f"warning: {problem}; align them or the image may load the model differently")
-    return context, manifest
+    return context, manifest, runtime
 
 
 def labels(manifest: dict) -> dict[str, str]:
@@ -195,19 +208,20 @@ def build(
             "(re-generate it with docker=true, or write a Dockerfile)"
         )
     client = engine()
-    context, manifest = stage(version, echo)
+    context, manifest, runtime = stage(version, echo)
     model_version = str(manifest["model"]["version"])
     tag = f"{settings().image_name}:{model_version}"
     base_image = base_image or os.environ.get("BASE_IMAGE") or None
     echo(
         f"building {tag} from {context.relative_to(project_root())}"
         + (f" on {base_image}" if base_image else "")
+        + f", served by {runtime}"
     )
     started = time.monotonic()
     output: list[str] = []
     stream = client.api.build(
         path=str(project_root()), dockerfile="Dockerfile", tag=tag, labels=labels(manifest),
-        buildargs={"BASE_IMAGE": base_image} if base_image else None,
+        buildargs={"SERVING_RUNTIME": runtime, **({"BASE_IMAGE": base_image} if base_image else {})},
         rm=True, forcerm=True, pull=False, decode=True,
     )  # fmt: skip
     for chunk in stream:
@@ -284,7 +298,6 @@ def post_json(url: str, payload: dict, headers: dict[str, str] | None = None) ->
 def expected_answers(bundle: Path) -> tuple[dict, dict]:
     """The input example and what the model predicts for it in this process (classes and
     probabilities for a classifier)."""
-    from . import model as served
     from . import schema
 
     model = served.load(bundle / "model")
@@ -294,10 +307,10 @@ def expected_answers(bundle: Path) -> tuple[dict, dict]:
     values = dict(
         zip(example["columns"], map(list, zip(*example["data"], strict=True)), strict=True)
     )
-    frame = model.frame(schema.check(values, model.columns).arrays)
-    expected = {"predictions": model.predict(frame)}
+    inputs = model.inputs(schema.check(values, model.columns).arrays)
+    expected = {"predictions": model.predict(inputs)}
     if model.task == "classification":
-        expected["probabilities"] = model.predict_proba(frame)
+        expected["probabilities"] = model.predict_proba(inputs)
     return example, expected
 
 

@@ -1,4 +1,10 @@
-"""The model as the server sees it: signature from MLmodel, estimator from model.skops.
+"""The model as the server sees it: signature from MLmodel, estimator from model.onnx or model.skops.
+
+Two runtimes serve a model folder. When 05_deployment compiled the model to ONNX and the compiled
+model answered as scikit-learn does on the whole test set, the folder holds `model.onnx` (under the
+version's integrity record like every other file) and ONNX Runtime serves it: no scikit-learn,
+SciPy or pandas is needed, and the image installs none. Otherwise scikit-learn serves
+`model.skops`. SERVING_RUNTIME=scikit-learn (or onnx) overrides the choice.
 
 MLflow's sklearn flavour writes `model.skops` and records in MLmodel the types skops must trust to
 load it (`skops_trusted_types`), beyond the scikit-learn estimators and containers skops trusts by
@@ -20,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import yaml
 
+ONNX_FILE = "model.onnx"  # 05_deployment writes it; onnx_model.py reads it
 # Column types of MLflow's ColSpec that this server accepts, with the NumPy dtype each becomes.
 COLUMN_DTYPES = {
     "double": np.float64,
@@ -55,6 +61,11 @@ RUNTIME_LIBRARIES = frozenset(
 )  # fmt: skip
 
 
+ONNX, SKLEARN = "onnx", "scikit-learn"
+RUNTIME_ENV = "SERVING_RUNTIME"
+RUNTIMES = ("auto", ONNX, SKLEARN)
+
+
 class ModelLoadError(RuntimeError):
     """The model folder cannot be served; the message says why."""
 
@@ -74,19 +85,26 @@ class Column:
 class ServedModel:
     """A loaded estimator with what the server needs to check requests and shape answers."""
 
-    estimator: Any
+    estimator: Any  # a scikit-learn estimator, or an OnnxScorer taking the arrays themselves
     columns: list[Column]
     task: str  # "classification" or "regression"
     mlmodel: dict
     classes: list = field(default_factory=list)
     input_example: dict | None = None  # {"columns": [...], "data": [[...]]}
+    runtime: str = SKLEARN
 
     @property
     def column_names(self) -> list[str]:
         return [column.name for column in self.columns]
 
-    def frame(self, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
+    def inputs(self, arrays: dict[str, np.ndarray]) -> Any:
+        """What the estimator takes: the checked arrays themselves (ONNX), or a DataFrame."""
+        return arrays if self.runtime == ONNX else self.frame(arrays)
+
+    def frame(self, arrays: dict[str, np.ndarray]) -> Any:
         """A DataFrame in the signature's column order, as the pipeline was trained on."""
+        import pandas as pd  # here: an ONNX-served image has no pandas
+
         names = self.column_names
         if self._all_float64:  # one 2-D block: the cheapest DataFrame pandas can make
             return pd.DataFrame(np.column_stack([arrays[n] for n in names]), columns=names)
@@ -96,12 +114,12 @@ class ServedModel:
     def _all_float64(self) -> bool:
         return all(column.type == "double" for column in self.columns)
 
-    def predict(self, frame: pd.DataFrame) -> list:
-        return jsonable(self.estimator.predict(frame))
+    def predict(self, inputs: Any) -> list:
+        return jsonable(self.estimator.predict(inputs))
 
-    def predict_proba(self, frame: pd.DataFrame) -> list[dict[str, float]]:
+    def predict_proba(self, inputs: Any) -> list[dict[str, float]]:
         """Per-class probabilities, keyed by the class label as a string (JSON keys are strings)."""
-        probabilities = self.estimator.predict_proba(frame)
+        probabilities = self.estimator.predict_proba(inputs)
         labels = [str(label) for label in self.classes]
         return [dict(zip(labels, map(_finite, row), strict=True)) for row in probabilities.tolist()]
 
@@ -113,7 +131,7 @@ def _finite(value: Any) -> Any:
 
 def jsonable(values: Any) -> list:
     """Predictions as plain Python values, in MLflow's `predictions` shape."""
-    if isinstance(values, pd.DataFrame | pd.Series):
+    if hasattr(values, "to_numpy"):  # a pandas Series or DataFrame
         values = values.to_numpy()
     listed = np.asarray(values).tolist()
     if listed and isinstance(listed[0], float):
@@ -205,11 +223,35 @@ def load_estimator(model_dir: Path) -> tuple[Any, dict]:
         raise ModelLoadError(f"skops could not load {skops_file}: {error}") from error
 
 
-def load(model_dir: Path) -> ServedModel:
-    """Load a model folder exported from the registry (MLmodel + model.skops + input example)."""
+def chosen_runtime(model_dir: Path, wanted: str | None = None) -> str:
+    """ONNX when the folder holds a compiled model, else scikit-learn; SERVING_RUNTIME overrides.
+    `make serve`, the image and its build all decide here, so they always agree."""
+    wanted = (wanted or os.environ.get(RUNTIME_ENV) or "auto").strip().lower()
+    if wanted not in RUNTIMES:
+        raise ModelLoadError(f"{RUNTIME_ENV}={wanted!r}: use one of {', '.join(RUNTIMES)}")
+    compiled = (Path(model_dir) / ONNX_FILE).is_file()
+    if wanted == ONNX and not compiled:
+        raise ModelLoadError(
+            f"{RUNTIME_ENV}=onnx, but {model_dir} holds no {ONNX_FILE}: 05_deployment compiles "
+            "the model only when the ONNX model answers as scikit-learn does (its model card says "
+            "why not); unset it to serve with scikit-learn"
+        )
+    return wanted if wanted != "auto" else (ONNX if compiled else SKLEARN)
+
+
+def load(model_dir: Path, runtime: str | None = None) -> ServedModel:
+    """Load a model folder exported from the registry (MLmodel, model.skops, model.onnx when
+    compiled, input example) with the runtime `chosen_runtime` picks."""
     model_dir = Path(model_dir)
-    estimator, mlmodel = load_estimator(model_dir)
+    runtime = chosen_runtime(model_dir, runtime)
+    mlmodel = read_mlmodel(model_dir)
     columns = signature_columns(mlmodel)
+    if runtime == ONNX:
+        from .onnx_model import OnnxScorer
+
+        estimator: Any = OnnxScorer.load(model_dir / ONNX_FILE, columns)
+    else:
+        estimator = _sklearn_estimator(model_dir)
     classes = list(getattr(estimator, "classes_", []))
     declared = (mlmodel.get("metadata") or {}).get("task")
     task = declared or ("classification" if hasattr(estimator, "predict_proba") else "regression")
@@ -220,7 +262,18 @@ def load(model_dir: Path) -> ServedModel:
         mlmodel=mlmodel,
         classes=[c.item() if isinstance(c, np.generic) else c for c in classes],
         input_example=_input_example(model_dir, mlmodel),
+        runtime=runtime,
     )
+
+
+def _sklearn_estimator(model_dir: Path) -> Any:
+    try:
+        return load_estimator(model_dir)[0]
+    except ModuleNotFoundError as error:  # an ONNX image, told to serve with scikit-learn
+        raise ModelLoadError(
+            f"{error.name} is not installed here, so scikit-learn cannot serve this model; "
+            f"unset {RUNTIME_ENV} to serve its compiled {ONNX_FILE}"
+        ) from None
 
 
 def inside(model_dir: Path, name: Any) -> Path:

@@ -18,6 +18,13 @@ The file is bounded: past `max_bytes` it is rotated to `<file>.1` … `<file>.<b
 is dropped); with backups=0 it is truncated instead. A request whose lines alone exceed `max_bytes`
 is logged in part: as many of its rows as fit, then a summary line without `inputs` that counts
 them (`"rows": 5000, "rows_logged": 1203`).
+
+Several processes (SERVING_WORKERS) share one log, its bound and its rotation: each entry is
+written under an exclusive `flock` on the file, taken after checking that the file is still the
+one at the path (another process may have rotated it away; then it is reopened). Under the lock a
+writer also cuts a torn last line left by a process killed mid-write, so no entry joins it. One
+file, in the order entries were written, read as before. (Without `fcntl`, on Windows, the lock
+is left out: one process per log there.)
 """
 
 from __future__ import annotations
@@ -31,6 +38,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 NEWLINE = b"\n"
 TAIL_CHUNK = 64 * 1024  # how far back each step looks for the last newline of a torn file
@@ -67,10 +79,10 @@ class PredictionLog:
         self.model_name, self.model_version = model_name, model_version
         self.max_bytes, self.backups = max(int(max_bytes), 1024), max(int(backups), 0)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()  # one writer at a time, rotation included
+        self._lock = threading.Lock()  # one writer thread at a time; flock: one process
         self._fd = self._open()  # fails now, not on the first request
-        self.repaired_bytes = self._cut_torn_tail()
-        self._size = os.fstat(self._fd).st_size
+        with self._locked():
+            self.repaired_bytes = self._cut_torn_tail()  # later ones add to it
 
     def record(self, entry: Entry) -> int:
         """Write the entry's lines now; returns how many of its rows were left out (0 unless the
@@ -134,44 +146,83 @@ class PredictionLog:
 
     # --- the file ---------------------------------------------------------------------------------
 
-    def _open(self, truncate: bool = False) -> int:
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | (os.O_TRUNC if truncate else 0)
-        return os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        return os.open(self.path, flags, 0o666)
 
     def _append(self, data: bytes) -> None:
         """`data` in the file (handed to the OS), or PredictionLogError and the file as before."""
         try:
-            if self._size and self._size + len(data) > self.max_bytes:
-                self._rotate()
-            written = 0
-            while written < len(data):
-                written += os.write(self._fd, data[written:])
+            with self._locked():
+                while True:
+                    self.repaired_bytes += self._cut_torn_tail()
+                    size = os.fstat(self._fd).st_size
+                    if not size or size + len(data) <= self.max_bytes:
+                        break
+                    self._rotate()  # and now hold the lock of the file at the path again
+                try:
+                    written = 0
+                    while written < len(data):
+                        written += os.write(self._fd, data[written:])
+                except OSError:
+                    self._cut_back(size)  # the lock still held: nobody wrote after it
+                    raise
         except OSError as error:
-            self._cut_back()
             raise PredictionLogError(error.errno, error.strerror, str(self.path)) from error
-        self._size += len(data)
 
-    def _cut_back(self) -> None:
-        """Drop a partly written entry; if even that fails, the next start cuts it."""
+    def _cut_back(self, size: int) -> None:
+        """Drop a partly written entry; if even that fails, the next writer cuts it."""
         with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, self._size)
+            os.ftruncate(self._fd, size)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Hold the other processes' writers off the file at the path (see the module doc)."""
+        self._lock_current()
+        try:
+            yield
+        finally:
+            if fcntl:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _lock_current(self) -> None:
+        """Lock our file; if it is no longer the one at the path (rotated away, deleted), open
+        that one instead and lock it."""
+        if not fcntl:
+            return
+        while True:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            held = os.fstat(self._fd)
+            with contextlib.suppress(FileNotFoundError):
+                current = os.stat(self.path)
+                if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+                    return
+            fresh = self._open()
+            os.close(self._fd)  # and its lock
+            self._fd = fresh
 
     def _rotate(self) -> None:
-        """Shift the backups and start an empty file; the old one stays open until then, so a
-        failure on the way leaves the log writable where it was."""
-        if self.backups:
-            for i in range(self.backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{i}")
-                if older.exists():
-                    older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        fresh = self._open(truncate=not self.backups)
-        os.close(self._fd)
-        self._fd, self._size = fresh, 0
+        """Shift the backups and start an empty file (or empty it: backups=0), with the lock held;
+        returns holding the lock of the file at the path. The old file stays open until the new
+        one is, so a failure on the way leaves the log writable where it was."""
+        if not self.backups:
+            os.ftruncate(self._fd, 0)  # in place: other processes' descriptors stay valid
+            return
+        for i in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        fresh = self._open()  # another process may have created it since the rename: appended to
+        os.close(self._fd)  # releases the old file's lock
+        self._fd = fresh
+        self._lock_current()
 
     def _cut_torn_tail(self) -> int:
-        """Cut a last line left without its newline (a write the kill interrupted), so the next
-        entry does not join it; returns the number of bytes cut."""
+        """Cut a last line left without its newline (a write a kill interrupted), so the next
+        entry does not join it; returns the number of bytes cut. Called with the lock held:
+        every other writer has finished its lines."""
         size = end = os.fstat(self._fd).st_size
         if not size or self._read(size - 1, 1) == NEWLINE:
             return 0
@@ -187,6 +238,8 @@ class PredictionLog:
         return size - keep
 
     def _read(self, offset: int, size: int) -> bytes:
+        if hasattr(os, "pread"):
+            return os.pread(self._fd, size, offset)
         os.lseek(self._fd, offset, os.SEEK_SET)  # writes still append: O_APPEND ignores it
         return os.read(self._fd, size)
 
