@@ -40,6 +40,8 @@ HANDOFF_OF_A_RUN = {
     "champion_version": "3",
     "promoted": True,
     "image": None,
+    "serving_runtime": "onnx",
+    "serving_runtime_reason": "",
 }
 
 
@@ -50,8 +52,19 @@ def test_a_full_run_names_model_metric_gate_alias_and_card():
         "test roc_auc:       0.9877 (threshold >= 0.95)",
         "acceptance gate:    passed (2 criteria)",
         "champion alias:     moved to version 3",
+        "serving runtime:    onnx",
         "model card:         /p/runs/1/model_card.md",
     ]
+
+
+def test_a_version_scikit_learn_serves_says_why_not_onnx():
+    reason = "conversion (double): skl2onnx could not convert DummyClassifier"
+    handoff = {**HANDOFF_OF_A_RUN, "serving_runtime": "scikit-learn"}
+    handoff["serving_runtime_reason"] = reason
+    (line,) = [
+        x for x in summary.summary_lines(handoff, "roc_auc", EVERY_NOTEBOOK) if "runtime" in x
+    ]
+    assert line == f"serving runtime:    scikit-learn (not ONNX: {reason})"
 
 
 def test_a_kept_challenger_says_who_stays_and_why_when_05_hands_the_reason_on():

@@ -1,5 +1,5 @@
 """The end of a pipeline run in a few lines: the model, its test metric against the threshold, the
-gate, the champion alias and the model card, read from what the notebooks handed on.
+gate, the champion alias, the serving runtime and the model card, read from what the notebooks handed on.
 
 Each part is shown only when the notebook that makes it ran in this run: a `--from`/`--only` run
 starts from an earlier run's handoff, whose gate or alias would otherwise pass for this run's.
@@ -74,6 +74,15 @@ def _alias_line(handoff: dict[str, Any]) -> Line | None:
     return "champion alias", f"{moved}: {reason}" if reason else moved
 
 
+def _runtime_line(handoff: dict[str, Any]) -> Line | None:
+    """Which runtime serves the version 05 registered, and why not ONNX when it is not."""
+    runtime = handoff.get("serving_runtime")
+    if not runtime:
+        return None
+    reason = handoff.get("serving_runtime_reason")
+    return "serving runtime", f"{runtime} (not ONNX: {reason})" if reason else str(runtime)
+
+
 def summary_lines(handoff: dict[str, Any], metric: str, ran: Iterable[str]) -> list[str]:
     """The summary of a successful run of the notebooks `ran` (stems such as `04_evaluation`),
     one line each; [] when none of them makes anything to summarise."""
@@ -84,7 +93,7 @@ def summary_lines(handoff: dict[str, Any], metric: str, ran: Iterable[str]) -> l
     if EVALUATION in ran:
         lines += [_metric_line(handoff, metric), _gate_line(handoff)]
     if DEPLOYMENT in ran:
-        lines.append(_alias_line(handoff))
+        lines += [_alias_line(handoff), _runtime_line(handoff)]
         if handoff.get("image"):
             lines.append(("serving image", str(handoff["image"])))
     if ran & {EVALUATION, DEPLOYMENT} and handoff.get("model_card_path"):
