@@ -33,6 +33,13 @@ Everything runs on loopback, bounded by --requests per measurement:
 
 --quick: 300 requests, one round, one container start each: a smoke check, not a measurement.
 
+--modes: only the cost of serving two versions (issue 16): this server (ONNX runtime when the
+model is compiled, one worker, over loopback as above) in SERVING_MODE single, ab (share 0.5,
+unkeyed requests: a random split) and shadow, at 1 and 8 clients, alternated --repeat times, with
+the ratios against single. The challenger is --challenger (a version or alias, default the
+`challenger` alias); without one, a copy of the champion's bundle under another version number,
+which costs the same to score (what is measured is the routing and the second scoring).
+
 Prints markdown tables with the ratios against MLflow, then issue 15's targets, each met or not
 met with its numbers. The images are tagged serving-benchmark/* (never the project's own tags);
 this project's are removed at the end unless --keep-images, MLflow's is kept for the next run.
@@ -144,6 +151,17 @@ import json, sys, importlib
 export = importlib.import_module(sys.argv[1] + ".serving.export")
 bundle, manifest = export.export_bundle(sys.argv[3] or None, sys.argv[2])
 print(json.dumps({"bundle": str(bundle), "version": manifest["model"]["version"]}))
+"""
+
+COPY_AS_OTHER_VERSION = r"""
+import json, shutil, sys
+from pathlib import Path
+source, dest = Path(sys.argv[2]), Path(sys.argv[3])
+shutil.copytree(source, dest)
+manifest = json.loads((dest / "manifest.json").read_text())
+manifest["model"]["version"] = str(manifest["model"]["version"]) + "-copy"
+(dest / "manifest.json").write_text(json.dumps(manifest))
+print(json.dumps({"bundle": str(dest), "version": manifest["model"]["version"]}))
 """
 
 STAGE = r"""
@@ -425,6 +443,48 @@ def http_benchmark(
             finally:
                 stop(process)
     return results
+
+
+MODES = ("single", "ab", "shadow")
+
+
+def modes_benchmark(
+    project: Project, bundle: Path, challenger: Path, runtime: str, body: bytes, requests: int,
+    repeat: int, client: str,
+) -> dict:  # fmt: skip
+    """This server in each SERVING_MODE on the same champion (and challenger), one worker."""
+    starts = {
+        mode: partial(
+            start_ours,
+            project,
+            SERVING_WORKERS="1",
+            SERVING_RUNTIME=runtime,
+            SERVING_MODE=mode,
+            CHALLENGER_BUNDLE=str(challenger),
+            SERVING_CHALLENGER_SHARE="0.5",
+        )
+        for mode in MODES
+    }
+    return http_benchmark(starts, bundle, body, requests, repeat, client)
+
+
+def modes_report(results: dict, runtime: str, versions: str, load_before: str) -> str:
+    lines = [
+        f"## Two versions in one server ({runtime} runtime, one worker; {versions})",
+        "",
+        "| mode | clients | p50 | p99 | req/s | p50 vs single | req/s vs single |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for clients in (1, 8):
+        single = results["single"][clients]
+        for mode in MODES:
+            run = results[mode][clients]
+            lines.append(
+                f"| {mode} | {clients} | {ms(run['p50'])} | {ms(run['p99'])} | {run['rps']:,.0f} "
+                f"| {run['p50'] / single['p50']:.2f}x | {run['rps'] / single['rps']:.2f}x |"
+            )
+    lines += ["", f"load average before: {load_before}; after: {os.getloadavg()}"]
+    return "\n".join(lines)
 
 
 # --- images -------------------------------------------------------------------------------------------
@@ -776,6 +836,13 @@ def main() -> int:
         "--quick", action="store_true",
         help="a smoke check: 300 requests, one round, one container start each",
     )  # fmt: skip
+    parser.add_argument(
+        "--modes", action="store_true",
+        help="only this server in SERVING_MODE single, ab and shadow (two versions)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--challenger", default="challenger", help="--modes: the second version or alias"
+    )
     args = parser.parse_args()
     if args.quick:
         args.requests, args.repeat = 300, 1
@@ -791,11 +858,13 @@ def main() -> int:
         f" ({'with' if compiled else 'without'} model.onnx)",
         flush=True,
     )
-    in_process = project.python(IN_PROCESS, str(bundle), str(args.requests))
     example = json.loads((bundle / "model" / "input_example.json").read_text())
     body = json.dumps(
         {"dataframe_split": {"columns": example["columns"], "data": example["data"][:1]}}
     ).encode()
+    if args.modes:
+        return run_modes(project, args, bundle, bundle_dir, exported, compiled, body, load_before)
+    in_process = project.python(IN_PROCESS, str(bundle), str(args.requests))
     prediction_log = bundle_dir.parent / "logs" if args.prediction_log else None
     starts = servers(project, baseline, prediction_log, compiled)
     http = http_benchmark(starts, bundle, body, args.requests, args.repeat, args.client)
@@ -820,6 +889,30 @@ def main() -> int:
                         docker("image", "rm", "--force", images[name]["tag"])
     shutil.rmtree(bundle_dir.parent, ignore_errors=True)
     print(report(in_process, http, images, load_before, args.client, log_in_process))
+    return 0
+
+
+def run_modes(project, args, bundle, bundle_dir, exported, compiled, body, load_before) -> int:
+    """--modes: export the challenger (or copy the champion as one) and compare the modes."""
+    second = bundle_dir.parent / "challenger"
+    done = subprocess.run(
+        [str(project.bin / "python"), "-c", EXPORT, project.package, str(second), args.challenger],
+        cwd=project.root, env=project.env(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode == 0:
+        challenger = json.loads(done.stdout.strip().splitlines()[-1])
+        both_compiled = compiled and (second / "model" / "model.onnx").is_file()
+    else:
+        print(f"no version '{args.challenger}': a copy of the champion stands in", flush=True)
+        challenger = project.python(COPY_AS_OTHER_VERSION, str(bundle), str(second))
+        both_compiled = compiled
+    runtime = "onnx" if both_compiled else "scikit-learn"
+    versions = f"champion {exported['version']}, challenger {challenger['version']}"
+    results = modes_benchmark(
+        project, bundle, second, runtime, body, args.requests, args.repeat, args.client
+    )
+    shutil.rmtree(bundle_dir.parent, ignore_errors=True)
+    print(modes_report(results, runtime, versions, load_before))
     return 0
 
 

@@ -90,6 +90,7 @@ BASE_FILES = [
     "notebooks/04_evaluation.ipynb",
     "notebooks/05_deployment.ipynb",
     "notebooks/06_monitoring.ipynb",
+    "notebooks/07_experiment.ipynb",
     "params.yaml",
     "pyproject.toml",
     "schema.yaml",
@@ -117,7 +118,7 @@ FILES_BY_OPTION = {
 }
 
 MAKE_TARGETS = ["help", "setup", "lab", "pipeline", "params", "check", "fix", "test", "image",
-                "serve", "score", "monitor", "doctor", "clean"]  # fmt: skip
+                "serve", "score", "monitor", "experiment", "promote", "doctor", "clean"]  # fmt: skip
 CI_COMMANDS = ["make setup", "make check", "make test", "make pipeline ARGS=--smoke"]
 # Jinja left unrendered: an opening tag, the end of a tag as Jinja is written (`{{ x }}`), or the
 # variable itself. A bare `}}` or `%}` is ordinary Python: nested dicts, f-string formats `{x:.0%}`.

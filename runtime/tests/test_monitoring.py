@@ -200,6 +200,24 @@ def test_the_prediction_log_gives_one_versions_rows_oldest_first(tmp_path):
     assert list(frame.columns) == ["x", *LOG_FIELDS]
 
 
+def test_a_shadow_servers_log_gives_the_champions_rows_and_skips_no_line_as_unreadable(tmp_path):
+    """A shadow server logs the challenger's answers as lines of their own, without inputs."""
+    log = tmp_path / "predictions.jsonl"
+    write_log(log, [("1", 1.0), ("1", 2.0)])
+    shadow = {
+        "request_id": "r1",
+        "model_version": "2",
+        "arm": "shadow",
+        "row": 0,
+        "prediction": "no",
+    }
+    with log.open("a") as file:
+        file.write(json.dumps(shadow) + "\n")
+    frame = read_prediction_log(str(log), "1")
+    assert frame["x"].tolist() == [1.0, 2.0]
+    assert frame.attrs["skipped_lines"] == 0, "a shadow answer is no damaged line"
+
+
 def test_a_log_without_the_versions_rows_names_the_versions_it_holds(tmp_path):
     log = tmp_path / "predictions.jsonl"
     write_log(log, [("1", 1.0), ("3", 2.0)])

@@ -609,6 +609,17 @@ def logged(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def test_a_closed_log_refuses_a_late_writer(tmp_path):
+    """A shadow thread still scoring at shutdown must not write to whatever file reuses the
+    descriptor's number."""
+    log = predlog.PredictionLog(tmp_path / "p.jsonl", "m", "1", max_bytes=1 << 20)
+    log.close()
+    entry = predlog.Entry(0.0, "late", "/invocations", 1.0, {"x": [1]}, ["yes"], None)
+    with pytest.raises(predlog.PredictionLogError, match="closed"):
+        log.record(entry)
+    log.close()  # twice is harmless
+
+
 def test_an_answered_request_is_already_in_the_log(saved, tmp_path):
     path = tmp_path / "predictions.jsonl"
     with TestClient(create_app(saved[0], Settings(prediction_log=str(path)))) as served:

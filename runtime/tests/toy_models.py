@@ -48,9 +48,16 @@ PROVENANCE = {
 }
 
 
-def save_bundle(bundle: Path, model, X: pd.DataFrame, task: str, onnx: bytes | None = None) -> Path:
+def save_bundle(
+    bundle: Path,
+    model,
+    X: pd.DataFrame,
+    task: str,
+    onnx: bytes | None = None,
+    provenance: dict | None = None,
+) -> Path:
     """The model saved as MLflow saves it (skops), `model.onnx` beside it when given, and a
-    manifest holding the record of every file."""
+    manifest holding the record of every file (and `provenance`, else PROVENANCE)."""
     import mlflow
     import skops.io
     from mlflow.models import infer_signature
@@ -68,6 +75,7 @@ def save_bundle(bundle: Path, model, X: pd.DataFrame, task: str, onnx: bytes | N
     )  # fmt: skip
     if onnx is not None:
         (model_dir / ONNX_FILE).write_bytes(onnx)
-    record = Record.of(model_dir, PROVENANCE["name"])
-    bundle_files.write_manifest(bundle, PROVENANCE, record, "# Test model\nFor tests only.")
+    provenance = provenance or PROVENANCE
+    record = Record.of(model_dir, provenance["name"])
+    bundle_files.write_manifest(bundle, provenance, record, "# Test model\nFor tests only.")
     return bundle

@@ -130,12 +130,13 @@ class Project:
         return self.run("make", target, *([f"ARGS={args}"] if args else []), **kwargs)
 
     @contextlib.contextmanager
-    def serving(self, env: dict[str, str] | None = None) -> Iterator[str]:
-        """`serve` on a free loopback port, as `make serve` runs it; yields its URL once it answers
-        /ping, and stops it on exit. Its output goes to build/serve.out, shown when it fails."""
+    def serving(self, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+        """`serve ARGS` on a free loopback port, as `make serve ARGS=...` runs it; yields its URL
+        once it answers /ping, and stops it on exit. Its output goes to build/serve.out, shown
+        when it fails."""
         port = free_port()
         command = [str(self.root / ".venv" / "bin" / self.slug), "serve", "--host", "127.0.0.1",
-                   "--port", str(port)]  # fmt: skip
+                   "--port", str(port), *args]  # fmt: skip
         output = self.root / "build" / "serve.out"
         output.parent.mkdir(exist_ok=True)
         with output.open("w") as sink:
@@ -150,7 +151,10 @@ class Project:
                     break
                 except (urllib.error.URLError, ConnectionError):
                     if server.poll() is not None or time.monotonic() > deadline:
-                        pytest.fail(f"`serve` did not answer /ping:\n{output.read_text()[-3000:]}")
+                        pytest.fail(
+                            f"`serve {' '.join(args)}` did not answer /ping:\n"
+                            f"{output.read_text()[-3000:]}"
+                        )
                     time.sleep(0.5)
             yield url
         finally:
@@ -244,6 +248,23 @@ def generate_and_install():
 @pytest.fixture(scope="session", params=["classification", "regression"])
 def task(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def two_versions(project_factory, task) -> tuple[Project, str]:
+    """(project, task): the smoke pipeline run twice, images off, so version 1 is the champion and
+    version 2 the challenger (the same data and seed give the same score, and only a strictly
+    better one takes the alias). Shared by the A/B serving and the experiment tests (one xdist
+    group, "two-versions"): a test that moves an alias puts it back."""
+    project = project_factory(task=task, project_name=f"Two Versions {task.title()}")
+    for _ in range(2):
+        project.cli("pipeline", "--smoke", "--set", "deployment.build_image=false")
+    aliases = project.mlflow_query(
+        "aliases = client.get_registered_model(MODEL_NAME).aliases\n"
+        "print(json.dumps({alias: str(version) for alias, version in aliases.items()}))"
+    )
+    assert aliases == {"champion": "1", "challenger": "2"}, aliases
+    return project, task
 
 
 @pytest.fixture(scope="session")

@@ -13,27 +13,18 @@ import csv
 import http.client
 import io
 import json
-import subprocess
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
 import pytest
+from containers import docker, run_container
 
 pytestmark = pytest.mark.slow
 
 CHAMPION = "champion"
 IMAGE_USER = "10001"
-
-
-def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and done.returncode != 0:
-        pytest.fail(f"`docker {' '.join(args)}` exited {done.returncode}: {done.stderr[-3000:]}")
-    return done
 
 
 @pytest.fixture(scope="session")
@@ -98,23 +89,6 @@ def image(champion_project, docker_base_image):
     docker("image", "rm", "--force", tag, f"{name}:latest", check=False)
 
 
-@dataclass
-class Container:
-    id: str
-    url: str
-
-    def exec(self, *command: str, check: bool = False) -> subprocess.CompletedProcess:
-        return docker("exec", self.id, *command, check=check)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def request(
     url: str, body: bytes | None = None, headers: dict | None = None, method: str | None = None
 ):
@@ -153,37 +127,6 @@ def announce_oversized_body(url: str, size: int) -> tuple[int, dict, dict]:
         return answer.status, dict(answer.getheaders()), json.loads(answer.read())
     finally:
         connection.close()
-
-
-def run_container(tag: str, *extra: str) -> Container:
-    port = free_port()
-    cid = docker(
-        "run",
-        "--detach",
-        "--read-only",
-        "--tmpfs",
-        "/tmp",
-        "-p",
-        f"127.0.0.1:{port}:8080",
-        *extra,
-        tag,
-    ).stdout.strip()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        state = docker("inspect", "-f", "{{.State.Status}}", cid).stdout.strip()
-        if state != "running":
-            logs = docker("logs", cid, check=False)
-            docker("rm", "--force", cid, check=False)
-            pytest.fail(f"container {state}: {logs.stdout[-2000:]}{logs.stderr[-2000:]}")
-        try:
-            if request(f"{url}/ping")[0] == 200:
-                return Container(cid, url)
-        except OSError:
-            pass
-        time.sleep(0.3)
-    docker("rm", "--force", cid, check=False)
-    pytest.fail(f"{tag} did not answer /ping within 90 s")
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,13 @@ exit status: 0 ok, 3 warn, 4 retrain, 1 error (a bad batch, no champion), 2 wron
   monitor                                          judge the serving prediction log
   monitor --set monitoring.current_path=batch.csv  judge a CSV or Parquet batch
   monitor --shifted-batch data/shifted.csv         write a drifted demo batch (then judge it)"""
+EXPERIMENT_EPILOG = """\
+exit status: 0 promote, 3 continue (too few rows yet, or inconclusive), 4 keep, 1 error (no arms
+in the log, outcomes that do not join, no champion), 2 wrong usage. 0 only for promote, so a
+scheduler can run `experiment && promote`.
+
+  experiment --set experiment.outcomes_path=data/outcomes.csv   judge the served traffic
+  experiment --set experiment.prediction_log=logs/ab.jsonl      another log (its .1 ... copies too)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--version", help="model version to serve (default: the champion)")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--host", default="127.0.0.1")
+    _two_version_arguments(serve)
     monitor = commands.add_parser(
         "monitor", help="judge current data against the training data; exit status: the verdict",
         description="Run notebooks/06_monitoring.ipynb on a current batch: drift, performance and\n"
@@ -100,12 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--shifted-batch", metavar="FILE",
         help="write the champion's test set, shifted by one standard deviation, to FILE and stop",
     )  # fmt: skip
+    experiment = commands.add_parser(
+        "experiment", help="judge champion against challenger on served traffic; exit: the decision",
+        description="Run notebooks/07_experiment.ipynb on the prediction log of an ab or shadow\n"
+        "server and the true outcomes: each version's metric and cost, the test of the difference,\n"
+        "and a decision (promote, keep or continue), logged as an MLflow run.",
+        epilog=EXPERIMENT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    _override_arguments(experiment)
+    promote = commands.add_parser(
+        "promote", help="move the champion alias to the newest experiment's winner"
+    )
+    promote.add_argument(
+        "--force", action="store_true",
+        help="promote the challenger even when the experiment decided keep or continue (recorded)",
+    )  # fmt: skip
     _score_parser(commands)
     image = commands.add_parser("image", help="build and check the champion's serving image")
     image.add_argument("--version", help="model version to build (default: the champion)")
     image.add_argument("--base-image", help="FROM image (default: $BASE_IMAGE or the Dockerfile's)")
     image.add_argument("--no-build", action="store_true", help="only stage build/image/")
     image.add_argument("--no-verify", action="store_true", help="do not run the image to check it")
+    _two_version_arguments(image)
     update = commands.add_parser(
         "update", help="merge a newer template version into the project (see .cruft.json)"
     )
@@ -127,6 +151,42 @@ appears only when complete. Every job is an MLflow run (kind=scoring): digests, 
   score data/batch.csv --output scores/batch.parquet
   score data/batch.parquet --output scores/batch.csv --version 3 --prediction-log logs/batch.jsonl
   score data/big/ --output scores/big/ --engine spark --spark-master spark://host:7077"""
+
+
+def _two_version_arguments(parser: argparse.ArgumentParser) -> None:
+    """`serve` and `image`: two registered versions in one server (crisp_ml.serving.arms)."""
+    parser.add_argument(
+        "--mode", default=None, metavar="single|ab|shadow",
+        help="ab: each request answered by one version, split by --share; shadow: the champion "
+        "answers, the challenger scores the same rows for the log (default: SERVING_MODE, else "
+        "single)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--challenger", metavar="VERSION_OR_ALIAS",
+        help="the second version in ab and shadow modes (default: the alias `challenger`)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--share", default=None, metavar="0..1",
+        help="ab: the challenger's share of requests (default: SERVING_CHALLENGER_SHARE, else 0.5)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--routing-column", metavar="COLUMN",
+        help="ab: route on this input column's value in a request's first row (an entity id), "
+        "not on its X-Request-ID",
+    )  # fmt: skip
+
+
+def _serving_plan(args: argparse.Namespace):
+    """The checked --mode/--challenger/--share/--routing-column (environment as defaults)."""
+    from .serving import arms
+    from .serving.image import Serving
+
+    return Serving.of(
+        args.mode if args.mode is not None else os.environ.get(arms.MODE_ENV),
+        args.challenger,
+        args.share if args.share is not None else os.environ.get(arms.SHARE_ENV),
+        args.routing_column or os.environ.get(arms.ROUTING_ENV) or None,
+    )
 
 
 def _score_parser(commands: argparse._SubParsersAction) -> None:
@@ -285,6 +345,44 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from . import experiment, pipeline
+    from .params import ParamsError
+
+    try:
+        notebook = pipeline.on_demand_notebook("07_experiment")
+        plan = pipeline.plan(args.param_files, args.sets, notebooks=[notebook])
+        outcome = pipeline.run_on_demand(plan, kind=experiment.KIND)
+        decision = experiment.read_decision(outcome.run_dir)
+    except (ParamsError, pipeline.PipelineError, experiment.ExperimentError) as error:
+        return _fail(error)
+    print(
+        f"Decision: {decision['action']} (champion version {decision['champion_version']}, "
+        f"challenger version {decision['challenger_version']}, {decision['mode']})"
+    )
+    for reason in decision["reasons"]:
+        print(f"  - {reason}")
+    print(f"  executed notebook: {outcome.executed[0]}")
+    print(f"  MLflow run:        {outcome.run_id} (open the UI with `make ui`)")
+    if decision["action"] == "promote":
+        print("  move the champion alias with `make promote` (`make rollback` undoes it)")
+    code = experiment.EXIT_CODES[decision["action"]]
+    print(f"exit status {code} ({decision['action']})")
+    return code
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from . import experiment, registry
+
+    try:
+        promotion = experiment.promote_winner(force=args.force)
+    except (experiment.ExperimentError, registry.RegistryError) as error:
+        return _fail(error)
+    for line in promotion.lines():
+        print(line)
+    return 0
+
+
 def _cmd_params(args: argparse.Namespace) -> int:
     import yaml
 
@@ -370,19 +468,33 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .serving import export
-    from .serving.__main__ import run
+    from .serving import arms, export
+    from .serving.__main__ import EXIT_SETTINGS, run
     from .serving.integrity import IntegrityError
     from .serving.model import ModelLoadError
 
     try:
+        plan = _serving_plan(args)
+    except arms.SettingsError as error:
+        _fail(error)
+        return EXIT_SETTINGS
+    try:
         bundle, manifest = export.export_bundle(args.version)
+        if plan.mode != arms.SINGLE:
+            second, other = export.export_bundle(plan.challenger)
     except (export.RegistryError, IntegrityError, ModelLoadError) as error:
         return _fail(error)
     model = manifest["model"]
     print(f"Serving {model['name']} version {model['version']} from {bundle}")
+    overrides = {**plan.env, arms.CHALLENGER_ENV: ""}
+    if plan.mode != arms.SINGLE:
+        how = f"share {plan.share:g}" if plan.mode == arms.AB else "in shadow"
+        print(
+            f"  {plan.mode}: challenger version {other['model']['version']} ({how}) from {second}"
+        )
+        overrides[arms.CHALLENGER_ENV] = str(second)
     print(f"  http://{args.host}:{args.port}/docs  (Ctrl+C stops it)")
-    return run(bundle, args.host, args.port)
+    return run(bundle, args.host, args.port, overrides=overrides)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -428,20 +540,29 @@ def _key_value(item: str, option: str) -> tuple[str, str]:
 
 def _cmd_image(args: argparse.Namespace) -> int:
     from .serving import export, image
+    from .serving.arms import SettingsError
     from .serving.integrity import IntegrityError
     from .serving.model import ModelLoadError
 
     try:
+        serving = _serving_plan(args)
+    except SettingsError as error:
+        _fail(error)
+        return 2
+    try:
         if args.no_build:
-            context, _, _ = image.stage(args.version)
+            context, _, _ = image.stage(args.version, serving=serving)
             print(f"Staged {context}; build it with: docker build -t {settings().image_name}:dev .")
+            if serving.mode != "single":
+                args_text = " ".join(f"--build-arg {k}={v}" for k, v in serving.env.items())
+                print(f"  (with {args_text} for a {serving.mode} image)")
             return 0
         if args.no_verify:
-            built = image.build(args.version, args.base_image)
-            export.record_image(built.version, built.tag)
+            built = image.build(args.version, args.base_image, serving=serving)
+            image.record(built, echo=lambda _: None)
             print(f"Image {built.tag} ({built.size_bytes / 1e6:.0f} MB); tag recorded")
             return 0
-        tag = image.build_and_verify(args.version, base_image=args.base_image)
+        tag = image.build_and_verify(args.version, base_image=args.base_image, serving=serving)
     except (export.RegistryError, image.ImageError, IntegrityError, ModelLoadError) as error:
         return _fail(error)
     if tag is None:

@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from . import evaluation
+from . import evaluation, project
 from .project import project_root, resolve_path
 from .tracking import client as tracking_client
 from .tracking import model_name
@@ -30,6 +30,8 @@ VERDICTS = ("ok", "warn", "retrain")  # from the least to the most severe
 # exits 2 on wrong usage, and a typo must never read as a verdict.
 EXIT_CODES = {"ok": 0, "warn": 3, "retrain": 4}
 VERDICT_FILE = "verdict.json"  # what the notebook leaves in its run folder for `monitor` to read
+# A shadow server's line for the challenger's answer to a row the champion answered (and logged).
+SHADOW_ARM = "shadow"
 LOG_FIELDS = ("request_id", "timestamp", "model_version")  # kept beside each logged row's inputs
 READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
 
@@ -157,6 +159,8 @@ def read_prediction_log(path: str, version: str) -> pd.DataFrame:
             if entry is None:
                 skipped += bool(line.strip())
                 continue
+            if entry.get("arm") == SHADOW_ARM:  # a shadow challenger's answer: no inputs
+                continue
             versions.add(str(entry.get("model_version")))
             if str(entry.get("model_version")) != str(version):
                 continue
@@ -176,14 +180,15 @@ def read_prediction_log(path: str, version: str) -> pd.DataFrame:
 
 
 def log_entry(line: str) -> dict | None:
-    """A log line as a row's entry or a too-large request's summary; None for anything else."""
+    """A log line as a row's entry, a shadow answer or a too-large request's summary; None for
+    anything else."""
     try:
         entry = json.loads(line)
     except json.JSONDecodeError:
         return None
     if not isinstance(entry, dict):
         return None
-    if isinstance(entry.get("inputs"), dict):
+    if isinstance(entry.get("inputs"), dict) or entry.get("arm") == SHADOW_ARM:
         return entry
     counts = (entry.get("rows"), entry.get("rows_logged"))
     if all(type(n) is int for n in counts) and 0 <= counts[1] <= counts[0]:
@@ -677,17 +682,12 @@ def link_to_version(client: MlflowClient, version: ModelVersion, run_id: str, le
 
 
 def write_verdict(verdict: Verdict, folder: Path) -> Path:
-    path = Path(folder) / VERDICT_FILE
-    path.write_text(json.dumps(verdict.as_dict(), indent=2))
-    return path
+    return project.write_run_file(verdict.as_dict(), folder, VERDICT_FILE)
 
 
 def read_verdict(folder: Path) -> dict[str, Any]:
     """What a monitoring run left in its folder; MonitoringError when it left nothing."""
-    path = Path(folder) / VERDICT_FILE
-    if not path.is_file():
-        raise MonitoringError(f"the monitoring run left no {VERDICT_FILE} in {folder}")
-    return json.loads(path.read_text())
+    return project.read_run_file(folder, VERDICT_FILE, MonitoringError, "monitoring")
 
 
 def shifted_batch(frame: pd.DataFrame, target: str, shift_sd: float = 1.0) -> pd.DataFrame:

@@ -5,9 +5,9 @@ pipeline run (parent)            params, git commit, package versions
   02_data_preparation (child)    and the executed notebook is attached to it
   ...
 
-On-demand notebooks (06_monitoring) are numbered like the others, so `check` and `fix` keep their
-parameters in sync, but the pipeline never runs them: their own command (`monitor`) does, each as a
-top-level MLflow run of its own, by `run_on_demand`.
+On-demand notebooks (06_monitoring, 07_experiment) are numbered like the others, so `check` and `fix`
+keep their parameters in sync, but the pipeline never runs them: their own command (`monitor`,
+`experiment`) does, each as a top-level MLflow run of its own, by `run_on_demand`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ KERNEL_ARGUMENTS = [
 ]
 PARENT_RUN_ENV = "PIPELINE_PARENT_RUN_ID"
 RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
-ON_DEMAND = ("06_monitoring",)  # run by their own command, never by the pipeline
+ON_DEMAND = ("06_monitoring", "07_experiment")  # run by their own command, never the pipeline
 # Set for the notebooks the runner executes: nobody watches an executed notebook's progress bars.
 QUIET = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 

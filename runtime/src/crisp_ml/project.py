@@ -224,3 +224,19 @@ def failpoint(name: str) -> None:
     if whom == "pipeline" and (runner := os.environ.get(RUNNER_PID_ENV)):
         os.kill(int(runner), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_run_file(record: dict[str, Any], folder: Path, name: str) -> Path:
+    """`record` as `name` (JSON) in a run's folder: what an on-demand command turns into its exit
+    status (experiment.json here, verdict.json for monitoring, whose pair has the same shape)."""
+    path = Path(folder) / name
+    path.write_text(json.dumps(record, indent=2))
+    return path
+
+
+def read_run_file(folder: Path, name: str, error: type[Exception], kind: str) -> dict[str, Any]:
+    """The record `write_run_file` left; `error` naming the `kind` of run when it left none."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise error(f"the {kind} run left no {name} in {folder}")
+    return json.loads(path.read_text())

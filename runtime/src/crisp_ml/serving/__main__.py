@@ -12,6 +12,13 @@ and each verifies and loads the bundle itself; they share the port. Their metric
 private temporary directory (PROMETHEUS_MULTIPROC_DIR, removed at exit) so /metrics counts every
 worker's requests; they share the prediction log (predlog.py says how). SIGTERM or Ctrl+C stops
 every worker, and a worker whose parent is killed outright stops too (Linux).
+
+Two versions (arms.py): --mode single|ab|shadow (SERVING_MODE), --challenger-bundle DIR
+(CHALLENGER_BUNDLE), --share (SERVING_CHALLENGER_SHARE), --routing-column (SERVING_ROUTING_COLUMN).
+The challenger bundle is verified and loaded exactly as the first, with the same exit codes: 3 when
+a file differs from its manifest, 4 when it cannot be loaded, and 4 too when it cannot serve the
+champion's requests (other input columns or types, another task). Exit 2 for a bad mode or share,
+ab or shadow without a challenger bundle, the same version twice, or an unknown routing column.
 """
 
 from __future__ import annotations
@@ -25,14 +32,22 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from .arms import CHALLENGER_ENV, MODE_ENV, ROUTING_ENV, SHARE_ENV
+
 EXIT_SETTINGS, EXIT_INTEGRITY, EXIT_MODEL = 2, 3, 4
 BUNDLE_ENV, METRICS_DIR_ENV = "MODEL_BUNDLE", "PROMETHEUS_MULTIPROC_DIR"
 
 
 def run(
-    bundle: Path, host: str, port: int, access_log: bool = False, workers: str | None = None
+    bundle: Path,
+    host: str,
+    port: int,
+    access_log: bool = False,
+    workers: str | None = None,
+    overrides: dict[str, str] | None = None,
 ) -> int:
-    """Serve until stopped; `workers` as SERVING_WORKERS takes it (None: that variable)."""
+    """Serve until stopped; `workers` as SERVING_WORKERS takes it (None: that variable);
+    `overrides`: settings (SERVING_MODE, CHALLENGER_BUNDLE...) that win over the environment."""
     import uvicorn
 
     from .app import WORKERS_ENV, Settings, SettingsError, create_app, worker_count
@@ -40,9 +55,12 @@ def run(
     from .model import ModelLoadError
 
     refusals = ((SettingsError, EXIT_SETTINGS), (IntegrityError, EXIT_INTEGRITY))
+    overrides = dict(overrides or {})
+    if challenger := overrides.get(CHALLENGER_ENV):  # the workers may start elsewhere
+        overrides[CHALLENGER_ENV] = str(Path(challenger).resolve())
     try:
         count = worker_count(os.environ.get(WORKERS_ENV) if workers is None else workers)
-        settings = Settings.from_env({**os.environ, WORKERS_ENV: str(count)})
+        settings = Settings.from_env({**os.environ, **overrides, WORKERS_ENV: str(count)})
         app = create_app(bundle, replace(settings, workers=1))  # the workers' check, done once
     except (SettingsError, IntegrityError, ModelLoadError, OSError) as error:
         sys.stderr.write(f"refusing to start: {error}\n")
@@ -59,8 +77,10 @@ def run(
     del app  # each worker loads its own
     # prometheus_client is imported here already, so this process keeps its metrics in memory;
     # the workers are new interpreters (spawned) and take the directory from the environment.
-    given = {name: os.environ.get(name) for name in (BUNDLE_ENV, WORKERS_ENV, METRICS_DIR_ENV)}
+    names = {BUNDLE_ENV, WORKERS_ENV, METRICS_DIR_ENV, *overrides}
+    given = {name: os.environ.get(name) for name in names}
     metrics_dir = tempfile.mkdtemp(prefix="serving-metrics-")
+    os.environ.update(overrides)  # the workers read their settings from the environment
     os.environ[BUNDLE_ENV] = str(Path(bundle).resolve())
     os.environ[WORKERS_ENV], os.environ[METRICS_DIR_ENV] = str(count), metrics_dir
     try:
@@ -118,8 +138,27 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", default=None, metavar="N|auto",
         help="server processes (default: SERVING_WORKERS, else 1); auto: one per usable CPU",
     )  # fmt: skip
+    parser.add_argument("--mode", help="single, ab or shadow (default: SERVING_MODE, else single)")
+    parser.add_argument(
+        "--challenger-bundle", type=Path, metavar="DIR",
+        help="the second version's bundle, for ab and shadow (default: CHALLENGER_BUNDLE)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--share", help="ab: the challenger's share of requests, 0 to 1 (default 0.5)"
+    )
+    parser.add_argument(
+        "--routing-column", metavar="COLUMN",
+        help="ab: route on this input column's value in the first row, not on X-Request-ID",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    return run(args.bundle, args.host, args.port, args.access_log, args.workers)
+    given = {
+        MODE_ENV: args.mode,
+        CHALLENGER_ENV: args.challenger_bundle and str(args.challenger_bundle),
+        SHARE_ENV: args.share,
+        ROUTING_ENV: args.routing_column,
+    }
+    overrides = {name: value for name, value in given.items() if value is not None}
+    return run(args.bundle, args.host, args.port, args.access_log, args.workers, overrides)
 
 
 if __name__ == "__main__":

@@ -17,21 +17,42 @@ or `auto`, one per CPU the process may use; `python -m crisp_ml.serving` starts 
 more than one, /metrics adds up every worker's counts; process_* metrics are left out then, as
 each would describe one worker only).
 
+Two versions (arms.py): SERVING_MODE single (default), ab or shadow; CHALLENGER_BUNDLE (the second
+bundle, verified and loaded exactly like the first, and refused unless it takes the same input
+columns and types and is another version), SERVING_CHALLENGER_SHARE (ab: the challenger's share,
+0 to 1, default 0.5), SERVING_ROUTING_COLUMN (ab: route on this input column's value in the
+request's first row instead of X-Request-ID; every row of a request goes to one version),
+SERVING_SHADOW_QUEUE (shadow: requests waiting for the challenger, default 1000; and at most
+100,000 rows). In shadow mode a request's job is handed to the challenger once its response has
+been sent, and one thread per server process scores the jobs: no response waits for the
+challenger; when the queue is full a job is dropped and counted (serving_shadow_dropped_total).
+The bound on what shadow costs the answers is the CPU that thread shares with the server under
+sustained load: +53% p50 at one client and -33% throughput at eight, measured with a challenger as
+fast as the champion (benchmarks/serving.py --modes, ONNX, one worker); with idle cores between
+requests, nothing. In two-version modes a classifier's probabilities are logged for every row
+(the experiment's metric may need them) and answered only when asked for. Every prediction response
+carries X-Model-Version and X-Model-Arm (champion or challenger), in every mode; /version and
+/metadata describe both versions and the mode; serving_arm_requests_total and
+serving_arm_predict_seconds count and time each arm (champion, challenger, shadow) and version.
+
 No `from __future__ import annotations` here: FastAPI must see the request model generated at
 run time as a real annotation.
 """
 
+import contextlib
 import hmac
 import json
 import logging
 import math
 import os
+import queue
+import threading
 import time
 import uuid
 from collections import Counter as Tally
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -51,12 +72,14 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from . import arms, predlog, schema
 from . import bundle as bundle_files
-from . import predlog, schema
-from .model import RUNTIME_ENV, ServedModel, load
+from .arms import CHALLENGER, CHAMPION, SHADOW_ARM, SettingsError
+from .model import RUNTIME_ENV, ModelLoadError, ServedModel, load
 from .schema import ErrorBody, PredictResponse, RequestError
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures this one; our lines sit with its own
@@ -76,8 +99,8 @@ WORKERS_ENV = "SERVING_WORKERS"
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2 quota, "<quota> <period>" or "max <period>"
 
 
-class SettingsError(ValueError):
-    """An environment setting the server cannot use."""
+class ChallengerMismatch(ModelLoadError):
+    """The challenger cannot serve the requests the champion serves (exit code 4)."""
 
 
 def usable_cpus(cpu_max: Path = CPU_MAX) -> int:
@@ -126,6 +149,7 @@ class Settings:
     prediction_buckets: tuple[float, ...] = VALUE_BUCKETS
     runtime: str | None = None  # None: SERVING_RUNTIME, else auto
     workers: int = 1  # server processes; above 1 the metrics are shared through files
+    plan: arms.Plan = field(default_factory=arms.Plan)  # single, or two versions (ab, shadow)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -160,6 +184,7 @@ class Settings:
             prediction_buckets=buckets,
             runtime=env.get(RUNTIME_ENV, "").strip() or None,
             workers=worker_count(env.get(WORKERS_ENV)),
+            plan=arms.Plan.from_env(env),
         )
 
 
@@ -213,6 +238,25 @@ class Metrics:
                 "serving_prediction_value", "Distribution of predicted values",
                 buckets=buckets, registry=registry,
             )  # fmt: skip
+        self.arm_requests = Counter(
+            "serving_arm_requests",
+            "Prediction requests by the arm that scored them (champion, challenger, or shadow: "
+            "scored after the answer) and its model version",
+            ["arm", "model_version"], registry=registry,
+        )  # fmt: skip
+        self.arm_predict_seconds = Histogram(
+            "serving_arm_predict_seconds", "Time in the model's predict per request, by arm",
+            ["arm", "model_version"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.shadow_dropped = Counter(
+            "serving_shadow_dropped",
+            "Requests not scored in shadow: the shadow queue (SERVING_SHADOW_QUEUE) was full",
+            registry=registry,
+        )
+        self.shadow_failures = Counter(
+            "serving_shadow_failures", "Requests the challenger could not score in shadow",
+            registry=registry,
+        )  # fmt: skip
         self.log_rows_left_out = Counter(
             "serving_prediction_log_rows_left_out",
             "Rows of requests too large for the prediction log (its summary lines count them)",
@@ -238,6 +282,10 @@ class Metrics:
             ).labels(**labels).set(1)  # fmt: skip
         else:
             Info("serving_model", "The model being served", registry=registry).info(labels)
+
+    def observe_arm(self, arm: str, version: str, seconds: float) -> None:
+        self.arm_requests.labels(arm, version).inc()
+        self.arm_predict_seconds.labels(arm, version).observe(seconds)
 
     def observe_predictions(self, endpoint: str, predictions: list, seconds: float) -> None:
         self.rows.labels(endpoint).inc(len(predictions))
@@ -454,13 +502,195 @@ ERRORS = {
 }
 
 
-def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
-    """The app for one bundle; IntegrityError or ModelLoadError when it cannot be served."""
-    settings = settings or Settings.from_env()
-    bundle = Path(bundle)
+@dataclass(frozen=True)
+class Arm:
+    """One served version: champion (the first bundle) or challenger (CHALLENGER_BUNDLE)."""
+
+    name: str
+    model: ServedModel
+    provenance: bundle_files.Provenance
+    manifest: dict
+
+    def describe(self) -> dict:
+        return {
+            "arm": self.name,
+            "model_name": self.provenance.name,
+            "model_version": self.provenance.version,
+            "runtime": self.model.runtime,
+        }
+
+
+def load_arm(name: str, bundle: Path, runtime: str | None) -> Arm:
     manifest = bundle_files.verify(bundle)  # before any byte of the model is deserialised
-    model = load(bundle / bundle_files.MODEL_DIR, settings.runtime)
-    provenance = bundle_files.Provenance.from_manifest(manifest)
+    model = load(Path(bundle) / bundle_files.MODEL_DIR, runtime)
+    return Arm(name, model, bundle_files.Provenance.from_manifest(manifest), manifest)
+
+
+def load_challenger(settings: Settings, champion: Arm) -> Arm | None:
+    """The second version ab and shadow need, checked against the first; None in single mode."""
+    plan = settings.plan
+    if plan.mode == arms.SINGLE:
+        return None  # a CHALLENGER_BUNDLE is ignored: the image always sets one, maybe empty
+    folder = Path(plan.challenger_bundle) if plan.challenger_bundle else None
+    if folder is None or not folder.is_dir() or not any(folder.iterdir()):
+        where = f" ({folder} is {'empty' if folder and folder.is_dir() else 'missing'})"
+        raise SettingsError(
+            f"{arms.MODE_ENV}={plan.mode} serves two versions, but there is no challenger bundle"
+            f"{where if folder else ''}: set {arms.CHALLENGER_ENV} (or --challenger-bundle DIR) "
+            f"to one (`serve --mode {plan.mode}` and `image --mode {plan.mode}` export it), or "
+            f"set {arms.MODE_ENV}=single"
+        )
+    challenger = load_arm(CHALLENGER, folder, settings.runtime)
+    ours, theirs = champion.provenance, challenger.provenance
+    if (ours.name, ours.version) == (theirs.name, theirs.version):
+        raise SettingsError(
+            f"the champion and the challenger are both {ours.name} version {ours.version}: "
+            f"{plan.mode} mode compares two versions; pick another challenger (--challenger)"
+        )
+    if champion.model.columns != challenger.model.columns:
+        raise ChallengerMismatch(
+            f"the challenger ({theirs.name} version {theirs.version}) takes the input columns "
+            f"{_signature(challenger.model)}, the champion ({ours.name} version {ours.version}) "
+            f"{_signature(champion.model)}: in {plan.mode} mode every request must suit both, so "
+            "their signatures must be the same columns of the same types"
+        )
+    if champion.model.task != challenger.model.task:
+        raise ChallengerMismatch(
+            f"the challenger is a {challenger.model.task} model, the champion a "
+            f"{champion.model.task} one: both must answer the same question"
+        )
+    column = plan.routing_column
+    if plan.mode == arms.AB and column and column not in champion.model.column_names:
+        raise SettingsError(
+            f"{arms.ROUTING_ENV}={column!r} is not an input column of the models "
+            f"({', '.join(champion.model.column_names)}): name one of them, or unset it to route "
+            "on X-Request-ID"
+        )
+    return challenger
+
+
+def _signature(model: ServedModel) -> str:
+    return "[" + ", ".join(f"{c.name}: {c.type}" for c in model.columns) + "]"
+
+
+def routing_key(request_id: str, batch: schema.Batch, column: str | None) -> str:
+    """What ab mode hashes: the routing column's value in the first row, else the request id."""
+    if column and batch.rows:
+        value = batch.arrays[column][0]
+        value = value.item() if hasattr(value, "item") else value
+        missing = value is None or (isinstance(value, float) and not math.isfinite(value))
+        if not missing:
+            return str(value)
+    return request_id
+
+
+@dataclass(frozen=True)
+class ShadowJob:
+    request_id: str
+    endpoint: str
+    batch: schema.Batch
+
+
+class Shadow:
+    """The challenger scoring requests after the champion answered them: a bounded queue and one
+    thread. `submit` never waits: with the queue full the job is dropped and counted."""
+
+    def __init__(
+        self, arm: Arm, size: int, metrics: Metrics, prediction_log,
+        max_rows: int = arms.SHADOW_QUEUE_ROWS,
+    ):  # fmt: skip
+        self.arm, self.metrics, self.prediction_log = arm, metrics, prediction_log
+        self.jobs: queue.Queue[ShadowJob | None] = queue.Queue(maxsize=size)
+        self.max_rows, self.pending_rows = max_rows, 0
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+        self._rows = threading.Lock()
+
+    def submit(self, job: ShadowJob) -> bool:
+        if self._thread is None:
+            with self._start:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._work, name="shadow-scoring", daemon=True
+                    )
+                    self._thread.start()
+        with self._rows:
+            if self.pending_rows + job.batch.rows > self.max_rows:
+                self.metrics.shadow_dropped.inc()
+                return False
+            try:
+                self.jobs.put_nowait(job)
+            except queue.Full:
+                self.metrics.shadow_dropped.inc()
+                return False
+            self.pending_rows += job.batch.rows
+        return True
+
+    def join(self) -> None:
+        """Wait until every submitted job has been scored (tests, shutdown)."""
+        self.jobs.join()
+
+    def close(self, timeout: float = 10) -> None:
+        """Stop the thread: what waits unscored is dropped (and counted), the job in hand ends."""
+        if self._thread is None:
+            return
+        dropped = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.jobs.get_nowait()
+                self.jobs.task_done()
+                dropped += 1
+        if dropped:
+            self.metrics.shadow_dropped.inc(dropped)
+            log.warning("shadow scoring: %d requests left unscored at shutdown", dropped)
+        self.jobs.put(None)  # room now: the queue was just emptied
+        self._thread.join(timeout)
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                self.score(job)
+            except Exception:  # one bad job must not stop the shadow
+                self.metrics.shadow_failures.inc()
+                log.exception("shadow scoring failed for request %s", job.request_id)
+            finally:
+                with self._rows:
+                    self.pending_rows -= job.batch.rows
+                self.jobs.task_done()
+        self.jobs.task_done()
+
+    def score(self, job: ShadowJob) -> None:
+        model, provenance = self.arm.model, self.arm.provenance
+        started = time.perf_counter()
+        inputs = model.inputs(job.batch.arrays)
+        predictions = model.predict(inputs)
+        probas = model.predict_proba(inputs) if model.task == "classification" else None
+        seconds = time.perf_counter() - started
+        self.metrics.observe_arm(SHADOW_ARM, provenance.version, seconds)
+        if self.prediction_log:
+            entry = predlog.Entry(
+                time.time(), job.request_id, job.endpoint, seconds * 1000, job.batch.values,
+                predictions, probas, provenance.name, provenance.version, SHADOW_ARM,
+                with_inputs=False,
+            )  # fmt: skip
+            try:
+                self.metrics.log_rows_left_out.inc(self.prediction_log.record(entry))
+            except predlog.PredictionLogError as error:
+                self.metrics.log_failures.inc()
+                log.error(
+                    "cannot write the prediction log %s (%s): the shadow answer to request %s "
+                    "is lost", error.filename, error.strerror, job.request_id,
+                )  # fmt: skip
+
+
+def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
+    """The app for one bundle (two in ab and shadow modes: the champion first); SettingsError,
+    IntegrityError or ModelLoadError when it cannot be served."""
+    settings = settings or Settings.from_env()
+    plan = settings.plan
+    champion = load_arm(CHAMPION, Path(bundle), settings.runtime)
+    challenger = load_challenger(settings, champion)
+    model, provenance, manifest = champion.model, champion.provenance, champion.manifest
     metrics = Metrics(model, provenance, settings.prediction_buckets, shared=settings.workers > 1)
     prediction_log = None
     if settings.prediction_log:
@@ -470,6 +700,12 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
         )  # fmt: skip
     columns = model.columns
     classification = model.task == "classification"
+    two = challenger is not None  # ab or shadow: log lines name their arm and row
+    shadow = (
+        Shadow(challenger, plan.shadow_queue, metrics, prediction_log)
+        if two and plan.mode == arms.SHADOW
+        else None
+    )
     Row = schema.row_model(columns)
     PredictRequest = schema.request_model(Row)
     InvocationsRow = schema.row_model(columns, "InvocationsRow", schema.INVOCATIONS_BOUNDS)
@@ -486,6 +722,16 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
             model.runtime,
             f"; prediction log {settings.prediction_log}" if prediction_log else "",
         )  # fmt: skip
+        if challenger is not None:
+            log.info(
+                "%s mode: challenger %s version %s (%s runtime)%s",
+                plan.mode, challenger.provenance.name, challenger.provenance.version,
+                challenger.model.runtime,
+                f", share {plan.share:g}, routed on "
+                + (f"column {plan.routing_column!r}" if plan.routing_column else "X-Request-ID")
+                if plan.mode == arms.AB
+                else f", shadow queue {plan.shadow_queue} requests",
+            )  # fmt: skip
         if prediction_log and prediction_log.repaired_bytes:
             log.warning(
                 "prediction log %s: cut its last line, %d bytes without a newline (a server "
@@ -493,6 +739,8 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
                 settings.prediction_log, prediction_log.repaired_bytes,
             )  # fmt: skip
         yield
+        if shadow:
+            shadow.close()
         if prediction_log:
             prediction_log.close()
 
@@ -505,11 +753,24 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
     )
     app.state.model, app.state.manifest, app.state.metrics = model, manifest, metrics
     app.state.prediction_log = prediction_log
+    app.state.champion, app.state.challenger, app.state.shadow = champion, challenger, shadow
 
-    def respond(payload: Any, status: int = 200) -> Response:
-        return Response(
-            json.dumps(payload, separators=(",", ":")), status_code=status, media_type=JSON
+    def respond(
+        payload: Any, status: int = 200, arm: Arm | None = None, after: Any = None
+    ) -> Response:
+        headers = (
+            {"X-Model-Version": arm.provenance.version, "X-Model-Arm": arm.name} if arm else None
         )
+        return Response(
+            json.dumps(payload, separators=(",", ":")), status_code=status, media_type=JSON,
+            headers=headers, background=after,
+        )  # fmt: skip
+
+    def choose(request: Request, batch: schema.Batch) -> Arm:
+        if challenger is None or plan.mode != arms.AB:
+            return champion
+        key = routing_key(request.state.request_id, batch, plan.routing_column)
+        return challenger if arms.route(key, plan.share) == CHALLENGER else champion
 
     def fail(request: Request, status: int, body: dict) -> Response:
         endpoint = request.url.path if request.url.path in ENDPOINTS else "other"
@@ -534,13 +795,18 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
         return answer
 
     def run_model(request: Request, endpoint: str, batch: schema.Batch, probabilities: bool):
+        """(the arm that answered, its predictions, its probabilities or None)."""
         if probabilities and not classification:
             raise RequestError(400, "INVALID_PARAMETER", "a regression model has no probabilities")
+        arm = choose(request, batch)
         started = time.perf_counter()
+        # Two versions are compared on the log, by a metric that may need probabilities (AUC):
+        # they are logged for every row then, and answered only when asked for.
+        logged_probabilities = probabilities or (two and classification)
         try:
-            inputs = model.inputs(batch.arrays)
-            predictions = model.predict(inputs)
-            probas = model.predict_proba(inputs) if probabilities else None
+            inputs = arm.model.inputs(batch.arrays)
+            predictions = arm.model.predict(inputs)
+            probas = arm.model.predict_proba(inputs) if logged_probabilities else None
         except Exception as error:  # the input passed the signature yet the model refused it
             raise RequestError(
                 400, "PREDICTION_FAILED", f"the model could not predict these rows: {error}"
@@ -550,10 +816,18 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
             entry = predlog.Entry(
                 time.time(), request.state.request_id, endpoint, seconds * 1000, batch.values,
                 predictions, probas,
+                *((arm.provenance.name, arm.provenance.version, arm.name) if two else ()),
             )  # fmt: skip
             log_prediction(entry)
         metrics.observe_predictions(endpoint, predictions, seconds)
-        return predictions, probas
+        metrics.observe_arm(arm.name, arm.provenance.version, seconds)
+        return arm, predictions, probas if probabilities else None
+
+    def shadow_after(request: Request, endpoint: str, batch: schema.Batch):
+        """In shadow mode, the challenger's job, handed to its thread once the answer is sent."""
+        if shadow is None:
+            return None
+        return BackgroundTask(shadow.submit, ShadowJob(request.state.request_id, endpoint, batch))
 
     def log_prediction(entry: predlog.Entry) -> None:
         try:
@@ -586,8 +860,20 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
                 "model_version": provenance.version,
                 "mlflow_version": model.mlmodel.get("mlflow_version"),
                 "runtime": model.runtime,
+                **two_versions(),
             }
         )
+
+    def two_versions() -> dict:
+        """The mode, and in ab and shadow modes both versions (champion first)."""
+        if challenger is None:
+            return {"mode": plan.mode}
+        described = {"mode": plan.mode, "arms": [champion.describe(), challenger.describe()]}
+        if plan.mode == arms.AB:
+            described |= {"share": plan.share, "routing_column": plan.routing_column}
+        else:
+            described |= {"shadow_queue": plan.shadow_queue}
+        return described
 
     @app.get("/metadata", summary="the model's provenance, signature and model card")
     async def metadata() -> Response:
@@ -604,8 +890,22 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
                 "files": (manifest.get("record") or {}).get("files"),
                 "signed": bool((manifest.get("record") or {}).get("hmac")),
                 "bundle_created": manifest.get("created"),
+                **two_versions(),
+                **({"challenger": arm_metadata(challenger)} if challenger else {}),
             }
         )
+
+    def arm_metadata(arm: Arm) -> dict:
+        record = arm.manifest.get("record") or {}
+        return {
+            "model": arm.manifest.get("model"),
+            "runtime": arm.model.runtime,
+            "classes": arm.model.classes if classification else None,
+            "model_card": arm.manifest.get("model_card"),
+            "files": record.get("files"),
+            "signed": bool(record.get("hmac")),
+            "bundle_created": arm.manifest.get("created"),
+        }
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:
@@ -625,11 +925,11 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
         else:
             batch, params = schema.parse_json(body, columns)
         probabilities = _wants_probabilities(request, params)
-        predictions, probas = run_model(request, "/invocations", batch, probabilities)
+        arm, predictions, probas = run_model(request, "/invocations", batch, probabilities)
         answer: dict[str, Any] = {"predictions": predictions}
         if probas is not None:
             answer["probabilities"] = probas
-        return respond(answer)
+        return respond(answer, arm=arm, after=shadow_after(request, "/invocations", batch))
 
     @app.post(
         "/predict",
@@ -644,7 +944,7 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
             for c, f in zip(columns, fields, strict=True)
         }
         batch = schema.check(values, columns)
-        predictions, probas = run_model(request, "/predict", batch, classification)
+        arm, predictions, probas = run_model(request, "/predict", batch, classification)
         rows = [
             {"prediction": p, "probabilities": probas[i] if probas else None}
             for i, p in enumerate(predictions)
@@ -652,9 +952,11 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
         return respond(
             {
                 "predictions": rows,
-                "model_name": provenance.name,
-                "model_version": provenance.version,
-            }
+                "model_name": arm.provenance.name,
+                "model_version": arm.provenance.version,
+            },
+            arm=arm,
+            after=shadow_after(request, "/predict", batch),
         )
 
     def openapi() -> dict:

@@ -40,7 +40,7 @@ from . import bundle as bundle_files
 from . import model as served
 from .integrity import RECORD_TAG, IntegrityError, Record
 
-CHAMPION = "champion"
+CHAMPION, CHALLENGER = "champion", "challenger"
 IMAGE_TAG = "image"  # model-version tag holding the image built from it
 MODEL_CARD_FILES = ("model_card.md", "model_card.json")
 
@@ -50,20 +50,27 @@ class RegistryError(RuntimeError):
 
 
 def model_version(version: str | int | None = None, name: str | None = None) -> ModelVersion:
-    """A registered version: the one given, or the one the `champion` alias points at."""
+    """A registered version: the one given (a number, or an alias such as `challenger`), or the
+    one the `champion` alias points at."""
     name = name or model_name()
     client = tracking_client()
+    alias = CHAMPION if version is None else None
+    if version is not None and not str(version).strip().isdigit():
+        alias = str(version).strip()
     try:
-        if version is None:
-            return client.get_model_version_by_alias(name, CHAMPION)
-        return client.get_model_version(name, str(version))
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, str(version).strip())
     except MlflowException as error:
-        wanted = (
-            f"version {version}" if version is not None else f"a version with alias '{CHAMPION}'"
+        wanted = f"version {version}" if alias is None else f"a version with alias '{alias}'"
+        fix = (
+            "Run the pipeline (05_deployment registers the champion) or pass --version N."
+            if alias in (None, CHAMPION)
+            else f"Set the alias (the pipeline sets '{CHALLENGER}' on a version that passed its "
+            "gate without beating the champion) or name a version number."
         )
         raise RegistryError(
-            f"registered model '{name}' has no {wanted} in {mlflow.get_tracking_uri()}. "
-            "Run the pipeline (05_deployment registers the champion) or pass --version N."
+            f"registered model '{name}' has no {wanted} in {mlflow.get_tracking_uri()}. {fix}"
         ) from error
 
 
@@ -245,7 +252,7 @@ def model_card(mv: ModelVersion) -> str | None:
     return mv.description or None
 
 
-def record_image(version: str, tag: str, name: str | None = None) -> None:
+def record_image(version: str, tag: str, name: str | None = None, key: str = IMAGE_TAG) -> None:
     """Note on the model version which image serves it."""
     name = name or model_name()
-    tracking_client().set_model_version_tag(name, str(version), IMAGE_TAG, tag)
+    tracking_client().set_model_version_tag(name, str(version), key, tag)

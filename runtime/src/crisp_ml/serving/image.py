@@ -4,6 +4,14 @@
                                    `serve-onnx` for a model compiled to ONNX, else `serve`
     build/image/app/crisp_ml/      the serving modules of the runtime (no MLflow among them)
     build/image/bundle/            the model version and its manifest (see export.py)
+    build/image/challenger/        the second version for ab and shadow images (arms.py); empty
+                                   in single mode, so the Dockerfile's COPY always finds it
+
+An ab or shadow image holds both versions: the `serve-onnx` group only when both are compiled,
+else `serve` with SERVING_RUNTIME=scikit-learn for both; its mode, share and routing column are
+baked as ENV defaults (`docker run -e SERVING_CHALLENGER_SHARE=0.2` overrides them), and `verify`
+checks each version's answer (ab: a request id routed to each; shadow: the challenger's lines in
+the container's prediction log).
 
 `build_and_verify()` is what 05_deployment and `make image` call. The Docker engine is reached
 through the Docker SDK (DOCKER_HOST and friends are honoured); BASE_IMAGE in the environment picks
@@ -29,8 +37,8 @@ from typing import Any
 
 from .. import __version__
 from ..project import project_root, settings
+from . import arms, export
 from . import bundle as bundle_files
-from . import export
 from . import model as served
 
 PACKAGE = __package__.split(".")[0]
@@ -40,6 +48,7 @@ RUNTIME_MODULES = (
     "__init__.py",
     "__main__.py",
     "app.py",
+    "arms.py",
     "bundle.py",
     "integrity.py",
     "model.py",
@@ -60,15 +69,48 @@ class EngineUnavailable(ImageError):
 
 
 @dataclass(frozen=True)
+class Serving:
+    """Which versions an image holds and how it serves them (arms.py): single by default."""
+
+    mode: str = arms.SINGLE
+    challenger: str | None = None  # a version number or an alias; None: the `challenger` alias
+    share: float = arms.DEFAULT_SHARE
+    routing_column: str | None = None
+
+    @classmethod
+    def of(cls, mode=None, challenger=None, share=None, routing_column=None) -> Serving:
+        """Checked settings (arms.SettingsError naming the setting and the fix)."""
+        mode = arms.parse_mode(mode)
+        if mode == arms.SINGLE:
+            return cls()
+        return cls(mode, challenger or export.CHALLENGER, arms.parse_share(share), routing_column)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The settings as the server reads them (build args, ENV)."""
+        return {
+            arms.MODE_ENV: self.mode,
+            arms.SHARE_ENV: f"{self.share:g}",
+            arms.ROUTING_ENV: self.routing_column or "",
+        }
+
+
+@dataclass(frozen=True)
 class BuiltImage:
     tag: str
     size_bytes: int
     version: str
     context: Path
+    serving: Serving = Serving()
+    challenger_version: str | None = None
 
     @property
     def bundle(self) -> Path:
         return self.context / "bundle"
+
+    @property
+    def challenger(self) -> Path:
+        return self.context / "challenger"
 
 
 def context_dir() -> Path:
@@ -128,9 +170,12 @@ def requirement_mismatches(requirements: list[str], model_dir: Path) -> list[str
     return problems
 
 
-def stage(version: str | int | None = None, echo: Echo = print) -> tuple[Path, dict, str]:
-    """build/image/: the bundle of a model version (the champion by default), app and the
-    requirements of the runtime that will serve it (returned with the manifest)."""
+def stage(
+    version: str | int | None = None, echo: Echo = print, serving: Serving = Serving()
+) -> tuple[Path, dict, str]:
+    """build/image/: the bundle of a model version (the champion by default), the challenger's in
+    ab and shadow modes, app and the requirements of the runtime that will serve them (returned
+    with the champion's manifest)."""
     context = context_dir()
     if context.exists():
         shutil.rmtree(context)
@@ -140,18 +185,60 @@ def stage(version: str | int | None = None, echo: Echo = print) -> tuple[Path, d
     for name in RUNTIME_MODULES:
         shutil.copy2(PACKAGE_DIR / "serving" / name, app / "serving" / name)
     bundle, manifest = export.export_bundle(version, context / "bundle")
-    runtime = served.chosen_runtime(bundle / bundle_files.MODEL_DIR)
+    held = [bundle]
+    (context / "challenger").mkdir()
+    if serving.mode != arms.SINGLE:
+        held.append(_stage_challenger(context / "challenger", manifest, serving))
+    runtimes = {served.chosen_runtime(folder / bundle_files.MODEL_DIR) for folder in held}
+    runtime = runtimes.pop() if len(runtimes) == 1 else served.SKLEARN  # one runtime for all
     requirements = serve_requirements(group=SERVE_GROUPS[runtime])
     (context / "requirements.txt").write_text("\n".join(requirements) + "\n")
-    for problem in requirement_mismatches(requirements, bundle / "model"):
-        echo(f"warning: {problem}; align them or the image may load the model differently")
+    for folder in held:
+        for problem in requirement_mismatches(requirements, folder / "model"):
+            echo(f"warning: {problem}; align them or the image may load the model differently")
     return context, manifest, runtime
 
 
-def labels(manifest: dict) -> dict[str, str]:
-    """OCI annotations plus the model's identity, readable with `docker inspect`."""
+def _stage_challenger(dest: Path, champion: dict, serving: Serving) -> Path:
+    """The challenger's bundle, refused here when the server would refuse it."""
+    folder, manifest = export.export_bundle(serving.challenger, dest)
+    ours, theirs = champion["model"], manifest["model"]
+    if str(ours["version"]) == str(theirs["version"]):
+        raise ImageError(
+            f"--challenger {serving.challenger} is version {theirs['version']}, the champion "
+            f"itself: a {serving.mode} image holds two versions; name another one"
+        )
+    columns = [
+        served.signature_columns(served.read_mlmodel(f / bundle_files.MODEL_DIR))
+        for f in (dest.parent / "bundle", folder)
+    ]
+    if columns[0] != columns[1]:
+        raise ImageError(
+            f"version {theirs['version']} takes other input columns than the champion "
+            f"(version {ours['version']}): in {serving.mode} mode every request must suit both"
+        )
+    names = [c.name for c in columns[0]]
+    if serving.mode == arms.AB and serving.routing_column and serving.routing_column not in names:
+        raise ImageError(
+            f"--routing-column {serving.routing_column!r} is not an input column "
+            f"({', '.join(names)})"
+        )
+    return folder
+
+
+def labels(manifest: dict, challenger: dict | None = None, mode: str = arms.SINGLE) -> dict:
+    """OCI annotations plus the model's identity, readable with `docker inspect`; an ab or shadow
+    image adds the mode and the challenger's identity."""
     model, project = manifest["model"], settings()
-    return {
+    extra = {}
+    if challenger is not None:
+        extra = {
+            "ml.serving.mode": mode,
+            "ml.challenger.name": challenger["model"]["name"],
+            "ml.challenger.version": str(challenger["model"]["version"]),
+            "ml.challenger.run-id": challenger["model"].get("run_id", "unknown"),
+        }
+    return extra | {
         "org.opencontainers.image.title": f"{project.image_name} model server",
         "org.opencontainers.image.description": f"Serves registered model {model['name']} version {model['version']}",
         "org.opencontainers.image.version": str(model["version"]),
@@ -199,18 +286,28 @@ def _hint(build_output: str) -> str:
 
 
 def build(
-    version: str | int | None = None, base_image: str | None = None, echo: Echo = print
+    version: str | int | None = None,
+    base_image: str | None = None,
+    echo: Echo = print,
+    serving: Serving = Serving(),
 ) -> BuiltImage:
-    """Stage the context and build `<image>:<model version>` (and `:latest`) with its labels."""
+    """Stage the context and build `<image>:<model version>` (and `:latest`) with its labels; an
+    ab or shadow image is `<image>:<champion>-<mode>-<challenger>` (no `:latest`)."""
     if not dockerfile().exists():
         raise ImageError(
             f"{dockerfile()} is missing: this project was generated without the Docker option "
             "(re-generate it with docker=true, or write a Dockerfile)"
         )
     client = engine()
-    context, manifest, runtime = stage(version, echo)
+    context, manifest, runtime = stage(version, echo, serving)
     model_version = str(manifest["model"]["version"])
     tag = f"{settings().image_name}:{model_version}"
+    challenger, challenger_version, serving_args = None, None, {}
+    if serving.mode != arms.SINGLE:
+        challenger = bundle_files.read_manifest(context / "challenger")
+        challenger_version = str(challenger["model"]["version"])
+        tag = f"{tag}-{serving.mode}-{challenger_version}"
+        serving_args = serving.env
     base_image = base_image or os.environ.get("BASE_IMAGE") or None
     echo(
         f"building {tag} from {context.relative_to(project_root())}"
@@ -220,8 +317,12 @@ def build(
     started = time.monotonic()
     output: list[str] = []
     stream = client.api.build(
-        path=str(project_root()), dockerfile="Dockerfile", tag=tag, labels=labels(manifest),
-        buildargs={"SERVING_RUNTIME": runtime, **({"BASE_IMAGE": base_image} if base_image else {})},
+        path=str(project_root()), dockerfile="Dockerfile", tag=tag,
+        labels=labels(manifest, challenger, serving.mode),
+        buildargs={
+            "SERVING_RUNTIME": runtime, **serving_args,
+            **({"BASE_IMAGE": base_image} if base_image else {}),
+        },
         rm=True, forcerm=True, pull=False, decode=True,
     )  # fmt: skip
     for chunk in stream:
@@ -232,10 +333,11 @@ def build(
             output.append(text)
             if text.startswith("Step "):
                 echo(f"  {text.strip()}")
-    client.api.tag(tag, settings().image_name, "latest")
+    if challenger is None:
+        client.api.tag(tag, settings().image_name, "latest")
     size = client.images.get(tag).attrs["Size"]
     echo(f"built {tag} ({size / 1e6:.0f} MB) in {time.monotonic() - started:.0f} s")
-    return BuiltImage(tag, size, model_version, context)
+    return BuiltImage(tag, size, model_version, context, serving, challenger_version)
 
 
 # --- running and checking it -----------------------------------------------------------------------
@@ -251,6 +353,13 @@ def free_port() -> int:
 def running(tag: str, env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[str]:
     """Run the image read-only on a free loopback port until healthy; yields its base URL; removes
     the container afterwards."""
+    with running_container(tag, env, timeout) as (url, _):
+        yield url
+
+
+@contextmanager
+def running_container(tag: str, env: dict[str, str] | None = None, timeout: float = 120):
+    """As `running`, yielding (base URL, the Docker SDK's container)."""
     from docker.errors import NotFound
 
     client = engine()
@@ -262,7 +371,7 @@ def running(tag: str, env: dict[str, str] | None = None, timeout: float = 120) -
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, container, timeout)
-        yield url
+        yield url, container
     finally:
         with suppress(NotFound):  # already gone: nothing to clean
             container.remove(force=True)
@@ -287,12 +396,17 @@ def wait_until_ready(url: str, container, timeout: float) -> float:
 
 
 def post_json(url: str, payload: dict, headers: dict[str, str] | None = None) -> dict:
+    return post_json_answer(url, payload, headers)[1]
+
+
+def post_json_answer(url: str, payload: dict, headers: dict[str, str] | None = None):
+    """(response headers, parsed body)."""
     request = urllib.request.Request(
         url, data=json.dumps(payload).encode(), method="POST",
         headers={"Content-Type": "application/json", **(headers or {})},
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=30) as answer:
-        return json.loads(answer.read())
+        return answer.headers, json.loads(answer.read())
 
 
 def expected_answers(bundle: Path) -> tuple[dict, dict]:
@@ -328,7 +442,12 @@ def same_answers(got: dict, expected: dict, tolerance: float = 1e-9) -> bool:
 
 
 def verify(image: BuiltImage, echo: Echo = print) -> None:
-    """Run the image and compare its answer to the input example with the in-process prediction."""
+    """Run the image and compare its answer to the input example with the in-process prediction;
+    an ab or shadow image: each version's answer."""
+    if image.serving.mode == arms.AB:
+        return _verify_ab(image, echo)
+    if image.serving.mode == arms.SHADOW:
+        return _verify_shadow(image, echo)
     example, expected = expected_answers(image.bundle)
     query = "?probabilities=true" if "probabilities" in expected else ""
     with running(image.tag) as url:
@@ -338,8 +457,70 @@ def verify(image: BuiltImage, echo: Echo = print) -> None:
     echo(f"verified {image.tag}: its answers to the input example match the model's")
 
 
+def _verify_ab(image: BuiltImage, echo: Echo) -> None:
+    """One request routed to each version (share 0.5 and X-Request-ID routing for the check,
+    whatever the image's defaults), each answered as that version answers in this process."""
+    env = {arms.SHARE_ENV: "0.5", arms.ROUTING_ENV: ""}
+    wanted = {arms.CHAMPION: image.bundle, arms.CHALLENGER: image.challenger}
+    with running(image.tag, env) as url:
+        for arm, bundle in wanted.items():
+            example, expected = expected_answers(bundle)
+            query = "?probabilities=true" if "probabilities" in expected else ""
+            headers, got = post_json_answer(
+                f"{url}/invocations{query}", {"dataframe_split": example},
+                {"X-Request-ID": arms.key_for(arm, 0.5, "image-check-")},
+            )  # fmt: skip
+            version = str(bundle_files.read_manifest(bundle)["model"]["version"])
+            if headers.get("X-Model-Arm") != arm or headers.get("X-Model-Version") != version:
+                raise ImageError(
+                    f"{image.tag}: a request routed to the {arm} (version {version}) was answered "
+                    f"by {headers.get('X-Model-Arm')} version {headers.get('X-Model-Version')}"
+                )
+            if not same_answers(got, expected):
+                raise ImageError(
+                    f"{image.tag}: the {arm} answers {got}, in this process {expected}"
+                )
+    echo(f"verified {image.tag}: each version answers the input example as it does here")
+
+
+def _verify_shadow(image: BuiltImage, echo: Echo, timeout: float = 30) -> None:
+    """The champion's answer, then the challenger's shadow lines in the prediction log."""
+    log_file = "/tmp/shadow-check.jsonl"
+    example, expected = expected_answers(image.bundle)
+    _, shadow_expected = expected_answers(image.challenger)
+    query = "?probabilities=true" if "probabilities" in expected else ""
+    with running_container(image.tag, {"PREDICTION_LOG": log_file}) as (url, container):
+        headers, got = post_json_answer(
+            f"{url}/invocations{query}", {"dataframe_split": example}, {"X-Request-ID": "check"}
+        )
+        if not same_answers(got, expected) or headers.get("X-Model-Arm") != arms.CHAMPION:
+            raise ImageError(f"{image.tag}: the champion answers {got}, here {expected}")
+        deadline, lines = time.monotonic() + timeout, []
+        while time.monotonic() < deadline:
+            output = container.exec_run(["cat", log_file]).output.decode(errors="replace")
+            lines = [
+                json.loads(x) for x in output.splitlines() if '"arm":"shadow"' in x.replace(" ", "")
+            ]
+            if len(lines) == len(example["data"]):
+                break
+            time.sleep(0.3)
+    lines.sort(key=lambda line: line["row"])
+    shadow = {"predictions": [line["prediction"] for line in lines]}
+    if "probabilities" in shadow_expected:
+        shadow["probabilities"] = [line.get("probabilities") for line in lines]
+    if not same_answers(shadow, shadow_expected):
+        raise ImageError(
+            f"{image.tag}: the challenger's shadow answers are {shadow}, here {shadow_expected}"
+        )
+    echo(f"verified {image.tag}: the champion answers and the challenger shadows as they do here")
+
+
 def build_and_verify(
-    version: str | int | None = None, *, base_image: str | None = None, echo: Echo = print
+    version: str | int | None = None,
+    *,
+    base_image: str | None = None,
+    echo: Echo = print,
+    serving: Serving = Serving(),
 ) -> str | None:
     """Build the image of a model version (the champion by default), run it, check it answers
     the input example as the model does in this process, and record the tag on the version.
@@ -356,10 +537,22 @@ def build_and_verify(
     except EngineUnavailable as error:
         echo(f"image not built: {error}")
         return None
-    image = build(version, base_image, echo)
+    image = build(version, base_image, echo, serving)
     verify(image, echo)
-    export.record_image(image.version, image.tag)
-    echo(
-        f"recorded tag '{export.IMAGE_TAG}={image.tag}' on {settings().image_name} version {image.version}"
-    )
+    record(image, echo)
     return image.tag
+
+
+def record(image: BuiltImage, echo: Echo = print) -> None:
+    """Note the tag on the version(s) it serves: `image` for a single-version image, `image_ab` or
+    `image_shadow` on both versions of a two-version one (the single image's tag stays)."""
+    if image.serving.mode == arms.SINGLE:
+        export.record_image(image.version, image.tag)
+        where = f"version {image.version}"
+        key = export.IMAGE_TAG
+    else:
+        key = f"{export.IMAGE_TAG}_{image.serving.mode}"
+        for version in (image.version, image.challenger_version):
+            export.record_image(str(version), image.tag, key=key)
+        where = f"versions {image.version} and {image.challenger_version}"
+    echo(f"recorded tag '{key}={image.tag}' on {settings().image_name} {where}")

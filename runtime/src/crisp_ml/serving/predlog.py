@@ -6,6 +6,14 @@
 
 Read it with `pandas.read_json(path, lines=True)` (`pandas.json_normalize` flattens `inputs`).
 
+A server holding two versions (SERVING_MODE ab or shadow, see arms.py) adds to every row line
+`"arm"` ("champion" or "challenger", the version that answered, named by `model_version`) and
+`"row"` (the row's index within its request), right after `latency_ms`. In shadow mode the
+challenger's answers are lines of their own, written once it has scored (after the response):
+the same fields with `"arm": "shadow"`, the challenger's name, version and model latency, and no
+`inputs` (they are on the champion's line of the same request_id and row); a classifier's shadow
+lines always carry `probabilities`. Single mode writes neither field: its lines are as above.
+
 An answered request is in the log: `record` hands a request's lines to the operating system
 (`os.write` on a file opened for appending) before the app answers, so they survive the server
 being killed right after (only the machine going down can lose what the OS has not yet put on
@@ -30,6 +38,7 @@ is left out: one process per log there.)
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -69,6 +78,10 @@ class Entry:
     values: dict[str, list]  # column -> values, as sent
     predictions: list
     probabilities: list[dict] | None
+    model_name: str | None = None  # the version that scored the rows (None: the log's own)
+    model_version: str | None = None
+    arm: str | None = None  # champion, challenger or shadow; None (single mode): no arm, no row
+    with_inputs: bool = True  # shadow lines leave them to the champion's line
 
 
 class PredictionLog:
@@ -94,12 +107,19 @@ class PredictionLog:
             left_out = len(lines) - len(kept)
             lines = [*kept, _encode(self._summary(entry, len(lines), len(kept)))]
         with self._lock:
+            if self._fd < 0:  # closed: a late writer (a shadow thread at shutdown) must not
+                # write to whatever file reuses the descriptor's number
+                raise PredictionLogError(
+                    errno.EBADF, "the prediction log is closed", str(self.path)
+                )
             self._append(b"".join(lines))
         return left_out
 
     def close(self) -> None:
         with self._lock:
-            os.close(self._fd)
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     # --- lines ------------------------------------------------------------------------------------
 
@@ -110,10 +130,10 @@ class PredictionLog:
             ),
             "request_id": entry.request_id,
             "endpoint": entry.endpoint,
-            "model_name": self.model_name,
-            "model_version": self.model_version,
+            "model_name": entry.model_name or self.model_name,
+            "model_version": entry.model_version or self.model_version,
             "latency_ms": round(entry.latency_ms, 3),
-        }
+        } | ({"arm": entry.arm} if entry.arm else {})
 
     def _lines(self, entry: Entry) -> list[bytes]:
         common = self._common(entry)
@@ -121,8 +141,10 @@ class PredictionLog:
         rows = zip(*entry.values.values(), strict=True)
         lines = []
         for i, row in enumerate(rows):
-            inputs = {name: _finite(value) for name, value in zip(names, row, strict=True)}
-            line = {**common, "inputs": inputs, "prediction": entry.predictions[i]}
+            line = {**common, "row": i} if entry.arm else dict(common)
+            if entry.with_inputs:
+                line["inputs"] = {name: _finite(v) for name, v in zip(names, row, strict=True)}
+            line["prediction"] = entry.predictions[i]
             if entry.probabilities is not None:
                 line["probabilities"] = entry.probabilities[i]
             lines.append(_encode(line))
