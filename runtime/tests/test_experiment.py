@@ -587,3 +587,15 @@ def test_latencies_by_arm_give_each_arm_and_version_the_modules_percentiles():
     assert list(table.columns) == [f"p{q}" for q in LATENCY_PERCENTILES]
     assert table.loc[("champion", "3"), "p50"] == pytest.approx(2.5)
     assert table.loc[("challenger", "4"), "p50"] == pytest.approx(20.0)
+
+
+def test_the_bootstrap_auc_is_scikit_learns_ties_included():
+    from sklearn.metrics import roc_auc_score
+
+    from crisp_ml.experiment import binary_auc
+
+    rng = np.random.default_rng(3)
+    truth = rng.random(300) < 0.4
+    scores = np.round(rng.random(300) + truth * 0.3, 1)  # rounded: many ties
+    assert binary_auc(truth, scores) == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+    assert np.isnan(binary_auc(np.zeros(5, bool), scores[:5]))

@@ -94,8 +94,9 @@ def test_smoke_pipeline_leaves_the_run_tree(smoked_project):
             "inputs": [(d.dataset.name, d.dataset.digest) for d in prep.inputs.dataset_inputs],
             "prep_artifacts": artifacts(prep),
             "candidates": {r.data.tags["mlflow.runName"]: sorted(r.data.metrics) for r in candidates},
-            "models": [m.name for m in mlflow.search_logged_models([experiment_id], output_format="list")
-                       if m.source_run_id == modelling.info.run_id],
+            "models": sorted((m.name, "compiled_from" in m.tags)
+                             for m in mlflow.search_logged_models([experiment_id], output_format="list")
+                             if m.source_run_id == modelling.info.run_id),
         }))
         """
     )
@@ -131,7 +132,8 @@ def test_smoke_pipeline_leaves_the_run_tree(smoked_project):
         "random_forest",
     ]
     assert all(any(m.startswith("cv_") for m in metrics) for metrics in tree["candidates"].values())
-    assert tree["models"] == ["model"]
+    # 03's model, and 05's copy of it compiled to ONNX (model.onnx beside the same files)
+    assert tree["models"] == [["model", False], ["model", True]]
     executed = sorted((smoked_project.root / "runs").glob("*/03_modelling.ipynb"))
     assert executed, "executed notebooks are kept on disk in a per-run folder"
     assert any(cell.get("outputs") for cell in json.loads(executed[0].read_text())["cells"])

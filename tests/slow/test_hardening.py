@@ -249,7 +249,9 @@ def runs_of_newest_pipeline(project) -> dict:
     )
 
 
-PARALLEL_SEARCH = ["--set", "modelling.n_jobs=2", "--set", "modelling.n_iter=4", *NO_IMAGE]
+# A search long enough that 03 is still running when the signal comes, even on a loaded machine:
+# joblib's workers outlive a short search, and a signal sent once 04 has failed finds no pipeline.
+PARALLEL_SEARCH = ["--set", "modelling.n_jobs=2", "--set", "modelling.n_iter=16", *NO_IMAGE]
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

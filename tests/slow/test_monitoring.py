@@ -79,7 +79,7 @@ def judged(smoked_project):
     log.parent.mkdir(exist_ok=True)
     log.unlink(missing_ok=True)
     rows = champion_test_rows(project)
-    with project.serving({"PREDICTION_LOG": str(log)}) as url:
+    with project.serving(env={"PREDICTION_LOG": str(log)}) as url:
         sent = send(url, rows)
     logged = log.read_text().splitlines()
     unshifted = project.make("monitor", check=False)

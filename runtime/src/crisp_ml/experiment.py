@@ -657,12 +657,31 @@ def bootstrap_metric(
         means = bootstrap_means(loss, resamples, rng, clusters)
         return np.sqrt(means) if name == "rmse" else means
     n = len(preds.y_true)
+    if name == "roc_auc" and len(preds.classes) == 2 and preds.proba is not None:
+        column = preds.classes.index(preds.classes[1] if positive is None else positive)
+        truth, scores = preds.y_true == preds.classes[column], preds.proba[:, column]
+        return np.array(
+            [binary_auc(truth[rows], scores[rows])
+             for rows in (resampled_rows(clusters, n, rng) for _ in range(resamples))]
+        )  # fmt: skip
     return np.array(
         [
             evaluation.metric_value(name, preds.subset(resampled_rows(clusters, n, rng)), positive)
             for _ in range(resamples)
         ]
     )
+
+
+def binary_auc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC from ranks (the Mann-Whitney statistic, ties counted half), as scikit-learn's
+    roc_auc_score computes it, at a tenth of its cost per call: the bootstrap calls it thousands of
+    times. NaN when one class is absent."""
+    positives = int(np.count_nonzero(truth))
+    negatives = len(truth) - positives
+    if positives == 0 or negatives == 0:
+        return math.nan
+    ranks = stats.rankdata(scores)
+    return float((ranks[truth].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 @dataclass(frozen=True)
