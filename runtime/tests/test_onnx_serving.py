@@ -8,6 +8,7 @@ must be identical, probabilities and values within the tolerances `crisp_ml.comp
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ from crisp_ml.serving import image
 from crisp_ml.serving.app import Settings, create_app
 from crisp_ml.serving.model import (
     ONNX,
+    ONNX_FILE,
     SKLEARN,
     ModelLoadError,
     chosen_runtime,
@@ -285,3 +287,22 @@ def test_a_model_that_cannot_compile_is_registered_as_it_was_with_the_reason(tas
     assert type(dummy).__name__ in result.reason
     assert result.tags()["serving_runtime"] == SKLEARN
     assert type(dummy).__name__ in result.card_section()
+
+
+@pytest.mark.parametrize("given", [None, "0"])
+def test_onnx_runtime_reports_nothing_unless_asked(compiled, tmp_path, given):
+    """ONNX Runtime's telemetry keeps a device ID and an event cache under HOME: none appears
+    when a model is scored through the runtime package, unless ORT_DISABLE_TELEMETRY=0 opts in."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")
+    }
+    home = tmp_path / "home"
+    home.mkdir()
+    env["HOME"] = str(home)
+    if given is not None:
+        env["ORT_DISABLE_TELEMETRY"] = given
+    model = compiled[0] / bundle_files.MODEL_DIR / ONNX_FILE
+    code = f"import crisp_ml, onnxruntime; onnxruntime.InferenceSession({str(model)!r})"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    written = [p.relative_to(home).as_posix() for p in home.rglob("*") if p.is_file()]
+    assert (written != []) == (given == "0"), written

@@ -531,6 +531,36 @@ def test_the_server_process_exits_nonzero_on_a_tampered_bundle(copy_of):
     assert "integrity record" in done.stderr and "MLmodel: SHA-256" in done.stderr
 
 
+CHECK_PROBE = """
+import sys
+from {package}.serving.__main__ import main
+code = main(["--check", "--bundle", sys.argv[1], "--port", "1"])
+late = ("uvicorn.protocols.http.httptools_impl", "uvicorn.loops.uvloop", "uvicorn.lifespan.on")
+print(code, [name for name in late if name not in sys.modules])
+"""
+
+
+def test_check_imports_what_serving_would_and_exits_without_listening(saved):
+    """The image build runs `--check`: it must import uvicorn's lazily loaded parts (so their
+    bytecode is compiled) and return at once (port 1 could not even be bound)."""
+    probe = CHECK_PROBE.format(package=PACKAGE)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(saved[0])],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.stdout.split() == ["0", "[]"], done.stdout + done.stderr
+    assert "ready to serve" in done.stderr
+
+
+def test_check_refuses_a_tampered_bundle_as_a_start_would(copy_of):
+    (copy_of / "model" / "MLmodel").write_text("# edited\n")
+    done = subprocess.run(
+        [sys.executable, "-m", f"{PACKAGE}.serving", "--check", "--bundle", str(copy_of)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 3 and "MLmodel: SHA-256" in done.stderr, done.stderr
+
+
 def test_a_model_trusting_foreign_types_is_refused(copy_of):
     mlmodel = copy_of / "model" / "MLmodel"
     mlmodel.write_text(

@@ -203,6 +203,54 @@ def test_image_is_lean_and_labelled(image):
     assert compilers.stdout.strip() == ""
 
 
+# Run inside the image: what the server imports, after the start-up check the build ran too.
+LEFTOVERS_PROBE = """
+import importlib.util, json, pathlib, struct, sys
+from crisp_ml.serving.__main__ import main
+assert main(["--check"]) == 0
+
+def sections(path):  # an ELF file's section names, from its section header table
+    data = path.read_bytes()
+    offset, = struct.unpack_from("<Q", data, 0x28)
+    size, count, names_index = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", data, offset + i * size) for i in range(count)]
+    names = data[headers[names_index][4]:]
+    return {names[h[0]:names.index(b"\\0", h[0])].decode() for h in headers}
+
+served = [m.__spec__.origin for m in list(sys.modules.values())
+          if getattr(m, "__spec__", None) and (m.__spec__.origin or "").startswith("/opt/")]
+venv = pathlib.Path("/opt/venv")
+print(json.dumps({
+    "no bytecode": [o for o in served if o.endswith(".py")
+                    and not pathlib.Path(importlib.util.cache_from_source(o)).exists()],
+    "debug symbols": [str(p) for p in venv.rglob("*.so*")
+                      if any(n.startswith(".debug_") for n in sections(p))],
+    "build files": [str(p) for pattern in ("*.pyi", "*.pxd", "*.h", "*.a")
+                    for p in venv.rglob(pattern)],
+    "protobuf": importlib.util.find_spec("google.protobuf") is not None,
+    "modules": len(served),
+}))
+"""
+
+
+def assert_holds_what_the_server_runs_and_no_build_leftovers(tag: str) -> None:
+    """Bytecode for every module the server imports (compiled at build time by its own start-up
+    check), no debug symbols, no stubs, headers or static libraries, no protobuf."""
+    probe = docker("run", "--rm", "--read-only", "--entrypoint", "python", tag, "-c",
+                   LEFTOVERS_PROBE, timeout=180)  # fmt: skip
+    found = json.loads(probe.stdout.splitlines()[-1])
+    assert found["modules"] > 100, found
+    assert found["no bytecode"] == [], "compiled at every start instead"
+    assert found["debug symbols"] == [] and found["build files"] == [], found
+    assert not found["protobuf"]
+
+
+def test_the_image_holds_what_the_server_runs_and_no_build_leftovers(image):
+    assert_holds_what_the_server_runs_and_no_build_leftovers(image.tag)
+    env = json.loads(docker("inspect", "-f", "{{json .Config.Env}}", image.tag).stdout)
+    assert "ORT_DISABLE_TELEMETRY=1" in env, "ONNX Runtime's telemetry is off in the image"
+
+
 def test_runs_as_a_non_root_user(image, served):
     assert (
         docker("inspect", "-f", "{{.Config.User}}", image.tag).stdout.strip().startswith(IMAGE_USER)
@@ -350,3 +398,28 @@ def test_refuses_to_start_on_a_tampered_model_file(image):
     assert done.returncode == 3, done.stdout + done.stderr
     assert "differ from the integrity record" in done.stderr, done.stderr
     assert "model.skops: SHA-256" in done.stderr, "the message names the file"
+
+
+# --- last: it builds another image under the same tag, and puts the ONNX one back ----------------
+
+
+def test_the_scikit_learn_runtime_image_starts_and_answers(image, docker_base_image):
+    """The image of a version 05 could not compile (here forced with SERVING_RUNTIME): the `serve`
+    group, scikit-learn, SciPy and pandas included, built, run and checked by `image` itself."""
+    name, onnx_image = image.tag.split(":")[0], image_id(image.tag)
+    env = {"BASE_IMAGE": docker_base_image, "SERVING_RUNTIME": "scikit-learn"}
+    try:
+        done = image.project.cli("image", env=env, timeout=1800)
+        assert "served by scikit-learn" in done.stdout and "verified" in done.stdout, done.stdout
+        assert image_id(image.tag) != onnx_image
+        assert_holds_what_the_server_runs_and_no_build_leftovers(image.tag)
+    finally:  # the tag is the ONNX image's again, for any test after this one
+        sklearn_image = image_id(image.tag)
+        for tag in (image.tag, f"{name}:latest"):
+            docker("tag", onnx_image, tag)
+        if sklearn_image != onnx_image:
+            docker("image", "rm", sklearn_image, check=False)
+
+
+def image_id(tag: str) -> str:
+    return docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()

@@ -27,4 +27,11 @@ Everything else (the pipeline runner, warm kernels, recovery, the project's chor
 the command line drives; its names may change between minor versions.
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+# ONNX Runtime's official Linux builds send usage telemetry (1.32 here wrote a device ID and an event
+# cache under ~/.cache/Microsoft on first use). Neither a model server nor a team's notebooks should
+# report to a third party unasked. Off unless ORT_DISABLE_TELEMETRY=0 is set; it must be set before
+# onnxruntime starts, so here, where every use of the runtime begins.
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

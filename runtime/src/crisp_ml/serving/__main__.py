@@ -19,6 +19,10 @@ The challenger bundle is verified and loaded exactly as the first, with the same
 a file differs from its manifest, 4 when it cannot be loaded, and 4 too when it cannot serve the
 champion's requests (other input columns or types, another task). Exit 2 for a bad mode or share,
 ab or shadow without a challenger bundle, the same version twice, or an unknown routing column.
+
+--check: do every check of a start (settings, integrity, loading each version) and import what
+the server would, then exit 0 without listening. The image build runs it, which both refuses a
+bundle that would not start and compiles bytecode for exactly the modules the server imports.
 """
 
 from __future__ import annotations
@@ -45,9 +49,11 @@ def run(
     access_log: bool = False,
     workers: str | None = None,
     overrides: dict[str, str] | None = None,
+    check_only: bool = False,
 ) -> int:
     """Serve until stopped; `workers` as SERVING_WORKERS takes it (None: that variable);
-    `overrides`: settings (SERVING_MODE, CHALLENGER_BUNDLE...) that win over the environment."""
+    `overrides`: settings (SERVING_MODE, CHALLENGER_BUNDLE...) that win over the environment;
+    `check_only`: return 0 once the server could start, without starting it."""
     import uvicorn
 
     from .app import WORKERS_ENV, Settings, SettingsError, create_app, worker_count
@@ -69,6 +75,12 @@ def run(
         "host": host, "port": port, "access_log": access_log, "server_header": False,
         "log_level": os.environ.get("LOG_LEVEL", "info").lower(),
     }  # fmt: skip
+    if check_only:
+        _import_server(app, options)
+        if app.state.prediction_log:
+            app.state.prediction_log.close()
+        sys.stderr.write(f"ready to serve {bundle} ({settings.plan.mode}, {count} worker(s))\n")
+        return 0
     if count == 1:
         uvicorn.run(app, workers=1, **options)
         return 0
@@ -93,6 +105,17 @@ def run(
             else:
                 os.environ[name] = value
     return 0
+
+
+def _import_server(app, options: dict) -> None:
+    """Import what uvicorn imports only once it runs: its event loop, HTTP protocol, lifespan
+    and worker supervisor."""
+    import uvicorn
+    import uvicorn.supervisors
+
+    config = uvicorn.Config(app, **options)
+    config.load()
+    config.get_loop_factory()
 
 
 def worker_app():
@@ -150,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         "--routing-column", metavar="COLUMN",
         help="ab: route on this input column's value in the first row, not on X-Request-ID",
     )  # fmt: skip
+    parser.add_argument(
+        "--check", action="store_true",
+        help="check that the server would start (exit status as it would refuse), then exit",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     given = {
         MODE_ENV: args.mode,
@@ -158,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         ROUTING_ENV: args.routing_column,
     }
     overrides = {name: value for name, value in given.items() if value is not None}
-    return run(args.bundle, args.host, args.port, args.access_log, args.workers, overrides)
+    return run(
+        args.bundle, args.host, args.port, args.access_log, args.workers, overrides, args.check
+    )
 
 
 if __name__ == "__main__":
