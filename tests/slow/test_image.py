@@ -205,7 +205,7 @@ def test_image_is_lean_and_labelled(image):
 
 # Run inside the image: what the server imports, after the start-up check the build ran too.
 LEFTOVERS_PROBE = """
-import importlib.util, json, pathlib, struct, sys
+import importlib.metadata, importlib.util, json, pathlib, struct, sys
 from crisp_ml.serving.__main__ import main
 assert main(["--check"]) == 0
 
@@ -227,7 +227,7 @@ print(json.dumps({
                       if any(n.startswith(".debug_") for n in sections(p))],
     "build files": [str(p) for pattern in ("*.pyi", "*.pxd", "*.h", "*.a")
                     for p in venv.rglob(pattern)],
-    "protobuf": importlib.util.find_spec("google.protobuf") is not None,
+    "protobuf": "protobuf" in {d.name.lower() for d in importlib.metadata.distributions()},
     "modules": len(served),
 }))
 """
