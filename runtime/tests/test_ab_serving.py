@@ -21,7 +21,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from crisp_ml.serving import arms
 from crisp_ml.serving import bundle as bundle_files
 from crisp_ml.serving.__main__ import main as serve_main
-from crisp_ml.serving.app import Settings, create_app
+from crisp_ml.serving.app import create_app
+from crisp_ml.serving.settings import Settings
 
 from .test_workers import free_port, start, stop
 from .toy_models import PROVENANCE, pipeline, save_bundle, training_data

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from crisp_ml import compiling
 from crisp_ml.serving import bundle as bundle_files
 from crisp_ml.serving import image
-from crisp_ml.serving.app import Settings, create_app
+from crisp_ml.serving.app import create_app
 from crisp_ml.serving.model import (
     ONNX,
     ONNX_FILE,
@@ -28,6 +28,7 @@ from crisp_ml.serving.model import (
     read_mlmodel,
     signature_columns,
 )
+from crisp_ml.serving.settings import Settings
 
 from .test_serving import (
     BAD_BODIES,
@@ -199,7 +200,8 @@ def test_a_changed_onnx_file_refuses_to_start(compiled, tmp_path):
 SERVE_WITHOUT_THE_SCIENTIFIC_STACK = """
 import json, sys
 from fastapi.testclient import TestClient
-from crisp_ml.serving.app import Settings, create_app
+from crisp_ml.serving.app import create_app
+from crisp_ml.serving.settings import Settings
 
 bundle, requests = sys.argv[1], json.loads(sys.argv[2])
 with TestClient(create_app(bundle, Settings())) as client:

@@ -23,8 +23,9 @@ from crisp_ml import cli, monitoring, scoring
 from crisp_ml.registry import register
 from crisp_ml.scoring import Request, ScoringError, tables
 from crisp_ml.serving import export
-from crisp_ml.serving.app import Settings, create_app
+from crisp_ml.serving.app import create_app
 from crisp_ml.serving.integrity import RECORD_TAG, IntegrityError, sha256_file
+from crisp_ml.serving.settings import Settings
 
 NAME = "demo-ml-project"  # model_name in the test settings (conftest.SETTINGS)
 FEATURES = ["size", "weight", "count", "colour"]

@@ -30,9 +30,10 @@ from fastapi.testclient import TestClient
 
 from crisp_ml.serving import bundle as bundle_files
 from crisp_ml.serving import predlog
-from crisp_ml.serving.app import Settings, create_app
+from crisp_ml.serving.app import create_app
 from crisp_ml.serving.integrity import Record
 from crisp_ml.serving.model import ModelLoadError
+from crisp_ml.serving.settings import Settings
 
 PACKAGE = "crisp_ml"  # the runtime, whose serving modules the image runs
 TASKS = ["classification", "regression"]

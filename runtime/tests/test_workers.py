@@ -21,7 +21,8 @@ import pytest
 from crisp_ml.monitoring import log_files, read_prediction_log
 from crisp_ml.serving import predlog
 from crisp_ml.serving.__main__ import EXIT_SETTINGS, main
-from crisp_ml.serving.app import SettingsError, usable_cpus, worker_count
+from crisp_ml.serving.arms import SettingsError
+from crisp_ml.serving.settings import usable_cpus, worker_count
 
 from .test_serving import JSON_TYPE, PACKAGE, ROW, free_port
 from .toy_models import pipeline, save_bundle, training_data

@@ -56,9 +56,11 @@ def run(
     `check_only`: return 0 once the server could start, without starting it."""
     import uvicorn
 
-    from .app import WORKERS_ENV, Settings, SettingsError, create_app, worker_count
+    from .app import create_app
+    from .arms import SettingsError
     from .integrity import IntegrityError
     from .model import ModelLoadError
+    from .settings import WORKERS_ENV, Settings, worker_count
 
     refusals = ((SettingsError, EXIT_SETTINGS), (IntegrityError, EXIT_INTEGRITY))
     overrides = dict(overrides or {})
@@ -120,7 +122,8 @@ def _import_server(app, options: dict) -> None:
 
 def worker_app():
     """The app of one worker process (uvicorn's factory), from the environment `run` set."""
-    from .app import Settings, create_app
+    from .app import create_app
+    from .settings import Settings
 
     _stop_with_parent()
     return create_app(Path(os.environ[BUNDLE_ENV]), Settings.from_env())

@@ -8,51 +8,24 @@
     GET  /ping /health 200 once the model is loaded (never behind the token)
     GET  /version /metadata /metrics /docs /openapi.json
 
-Environment (all optional): SERVING_TOKEN (bearer token for all but /ping and /health),
-MAX_BODY_BYTES (default 1 MiB, checked before parsing), PREDICTION_LOG (a .jsonl path; off when
-unset), PREDICTION_LOG_MAX_BYTES, PREDICTION_LOG_BACKUPS, PREDICTION_BUCKETS (histogram bounds
-for a regressor's predictions, comma-separated), SERVING_RUNTIME (auto, onnx or scikit-learn:
-model.py says how `auto` chooses), SERVING_WORKERS (server processes: a whole number, default 1,
-or `auto`, one per CPU the process may use; `python -m crisp_ml.serving` starts them, and with
-more than one, /metrics adds up every worker's counts; process_* metrics are left out then, as
-each would describe one worker only).
+Here: `create_app`, which wires the parts together, the routes, and `Scoring`, what a prediction
+request goes through once its rows are checked. The settings (settings.py), the middleware in
+front of every request (gate.py), the versions served (versions.py) and the metrics (metrics.py)
+have modules of their own.
 
-Two versions (arms.py): SERVING_MODE single (default), ab or shadow; CHALLENGER_BUNDLE (the second
-bundle, verified and loaded exactly like the first, and refused unless it takes the same input
-columns and types and is another version), SERVING_CHALLENGER_SHARE (ab: the challenger's share,
-0 to 1, default 0.5), SERVING_ROUTING_COLUMN (ab: route on this input column's value in the
-request's first row instead of X-Request-ID; every row of a request goes to one version),
-SERVING_SHADOW_QUEUE (shadow: requests waiting for the challenger, default 1000; and at most
-100,000 rows). In shadow mode a request's job is handed to the challenger once its response has
-been sent, and one thread per server process scores the jobs: no response waits for the
-challenger; when the queue is full a job is dropped and counted (serving_shadow_dropped_total).
-The bound on what shadow costs the answers is the CPU that thread shares with the server under
-sustained load: +53% p50 at one client and -33% throughput at eight, measured with a challenger as
-fast as the champion (benchmarks/serving.py --modes, ONNX, one worker); with idle cores between
-requests, nothing. In two-version modes a classifier's probabilities are logged for every row
-(the experiment's metric may need them) and answered only when asked for. Every prediction response
+In two-version modes (versions.py) a classifier's probabilities are logged for every row (the
+experiment's metric may need them) and answered only when asked for. Every prediction response
 carries X-Model-Version and X-Model-Arm (champion or challenger), in every mode; /version and
-/metadata describe both versions and the mode; serving_arm_requests_total and
-serving_arm_predict_seconds count and time each arm (champion, challenger, shadow) and version.
+/metadata describe both versions and the mode.
 
 No `from __future__ import annotations` here: FastAPI must see the request model generated at
 run time as a real annotation.
 """
 
-import contextlib
-import hmac
 import json
-import logging
 import math
-import os
-import queue
-import threading
 import time
-import uuid
-from collections import Counter as Tally
-from collections.abc import Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -60,434 +33,22 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from . import arms, predlog, schema
-from . import bundle as bundle_files
-from .arms import CHALLENGER, CHAMPION, SHADOW_ARM, SettingsError
-from .model import RUNTIME_ENV, ModelLoadError, ServedModel, load
+from .arms import CHALLENGER, CHAMPION
+from .gate import ENDPOINTS, JSON, Gate
+from .metrics import Metrics
 from .schema import ErrorBody, PredictResponse, RequestError
+from .settings import WORKERS_ENV, Settings, log, worker_count
+from .versions import Arm, Shadow, ShadowJob, load_arm, load_challenger, routing_key
 
-log = logging.getLogger("uvicorn.error")  # uvicorn configures this one; our lines sit with its own
-
-OPEN_PATHS = frozenset({"/ping", "/health"})
-ENDPOINTS = frozenset(
-    {"/invocations", "/predict", "/ping", "/health", "/version", "/metadata", "/metrics"}
-    | {"/docs", "/openapi.json"}
-)
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-# A 1-2.5-5 ladder over both signs: fits most regression targets without knowing their scale.
-VALUE_BUCKETS = tuple(
-    sorted({s * m * 10**e for s in (-1, 1) for m in (1, 2.5, 5) for e in range(-1, 5)} | {0.0})
-)
-JSON = "application/json"
-WORKERS_ENV = "SERVING_WORKERS"
-CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2 quota, "<quota> <period>" or "max <period>"
-
-
-class ChallengerMismatch(ModelLoadError):
-    """The challenger cannot serve the requests the champion serves (exit code 4)."""
-
-
-def usable_cpus(cpu_max: Path = CPU_MAX) -> int:
-    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (what
-    `docker run --cpus 2` sets), rounded down so workers are not throttled; at least 1."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # no affinity on this platform
-        cpus = os.cpu_count() or 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, int(quota) // int(period))
-    except (OSError, ValueError, ZeroDivisionError):  # no cgroup v2 limit here
-        pass
-    return max(cpus, 1)
-
-
-def worker_count(raw: str | None, cpu_max: Path = CPU_MAX) -> int:
-    """SERVING_WORKERS (or --workers) as a number of processes: unset is 1, `auto` usable_cpus."""
-    text = (raw or "").strip().lower()
-    if not text:
-        return 1
-    if text == "auto":
-        return usable_cpus(cpu_max)
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise SettingsError(
-            f"{WORKERS_ENV}={raw!r} is not a number of worker processes: set it to a whole "
-            f"number, 1 or more (e.g. {WORKERS_ENV}=2 or --workers 2), or to auto for one per "
-            "CPU this process may use"
-        )
-    return count
-
-
-@dataclass(frozen=True)
-class Settings:
-    max_body_bytes: int = 1024 * 1024
-    token: str | None = None
-    prediction_log: str | None = None
-    prediction_log_max_bytes: int = 50 * 1024 * 1024
-    prediction_log_backups: int = 1
-    prediction_buckets: tuple[float, ...] = VALUE_BUCKETS
-    runtime: str | None = None  # None: SERVING_RUNTIME, else auto
-    workers: int = 1  # server processes; above 1 the metrics are shared through files
-    plan: arms.Plan = field(default_factory=arms.Plan)  # single, or two versions (ab, shadow)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
-        env = os.environ if env is None else env
-
-        def number(name: str, default: int) -> int:
-            raw = env.get(name, "").strip()
-            try:
-                value = int(raw) if raw else default
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a whole number") from None
-            if value < 0:
-                raise SettingsError(f"{name} must not be negative")
-            return value
-
-        buckets = cls.prediction_buckets
-        if raw := env.get("PREDICTION_BUCKETS", "").strip():
-            try:
-                buckets = tuple(sorted({float(x) for x in raw.split(",") if x.strip()}))
-            except ValueError:
-                raise SettingsError(
-                    f"PREDICTION_BUCKETS={raw!r}: comma-separated numbers"
-                ) from None
-        return cls(
-            max_body_bytes=number("MAX_BODY_BYTES", cls.max_body_bytes),
-            token=env.get("SERVING_TOKEN") or None,
-            prediction_log=env.get("PREDICTION_LOG", "").strip() or None,
-            prediction_log_max_bytes=number(
-                "PREDICTION_LOG_MAX_BYTES", cls.prediction_log_max_bytes
-            ),
-            prediction_log_backups=number("PREDICTION_LOG_BACKUPS", cls.prediction_log_backups),
-            prediction_buckets=buckets,
-            runtime=env.get(RUNTIME_ENV, "").strip() or None,
-            workers=worker_count(env.get(WORKERS_ENV)),
-            plan=arms.Plan.from_env(env),
-        )
-
-
-class Metrics:
-    """Prometheus metrics in a registry of the app's own (several apps can live in one process).
-
-    `shared` (several worker processes): prometheus_client's multiprocess mode. Each worker's
-    values live in files under PROMETHEUS_MULTIPROC_DIR, set before prometheus_client is imported
-    (`python -m crisp_ml.serving` does it), and `registry` reads every worker's files, so whichever
-    worker answers the scrape reports the sums. Per-process collectors are left out then.
-    """
-
-    def __init__(
-        self, model: ServedModel, provenance: bundle_files.Provenance, buckets, shared: bool = False
-    ):
-        self.registry = CollectorRegistry()
-        if shared:
-            _Workers(self.registry)
-            registry = None  # the metrics below write to files; the collector reads them all
-        else:
-            registry = self.registry
-            ProcessCollector(registry=registry)
-            PlatformCollector(registry=registry)
-        self.requests = Counter(
-            "serving_requests", "HTTP requests by endpoint, method and status code",
-            ["endpoint", "method", "status"], registry=registry,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "serving_request_duration_seconds", "Time from request to response, by endpoint",
-            ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.errors = Counter(
-            "serving_errors", "Error responses by endpoint and error code",
-            ["endpoint", "error_code"], registry=registry,
-        )  # fmt: skip
-        self.rows = Counter(
-            "serving_predicted_rows", "Rows predicted", ["endpoint"], registry=registry
-        )
-        self.predict_seconds = Histogram(
-            "serving_model_predict_seconds", "Time spent in the model's predict per request",
-            buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.classes = self.values = None
-        if model.task == "classification":
-            self.classes = Counter(
-                "serving_predictions_by_class", "Predicted rows per class", ["label"],
-                registry=registry,
-            )  # fmt: skip
-        else:
-            self.values = Histogram(
-                "serving_prediction_value", "Distribution of predicted values",
-                buckets=buckets, registry=registry,
-            )  # fmt: skip
-        self.arm_requests = Counter(
-            "serving_arm_requests",
-            "Prediction requests by the arm that scored them (champion, challenger, or shadow: "
-            "scored after the answer) and its model version",
-            ["arm", "model_version"], registry=registry,
-        )  # fmt: skip
-        self.arm_predict_seconds = Histogram(
-            "serving_arm_predict_seconds", "Time in the model's predict per request, by arm",
-            ["arm", "model_version"], buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.shadow_dropped = Counter(
-            "serving_shadow_dropped",
-            "Requests not scored in shadow: the shadow queue (SERVING_SHADOW_QUEUE) was full",
-            registry=registry,
-        )
-        self.shadow_failures = Counter(
-            "serving_shadow_failures", "Requests the challenger could not score in shadow",
-            registry=registry,
-        )  # fmt: skip
-        self.log_rows_left_out = Counter(
-            "serving_prediction_log_rows_left_out",
-            "Rows of requests too large for the prediction log (its summary lines count them)",
-            registry=registry,
-        )
-        self.log_failures = Counter(
-            "serving_prediction_log_failures",
-            "Requests refused with 503 because the prediction log could not be written",
-            registry=registry,
-        )
-        labels = {
-            "name": provenance.name,
-            "version": provenance.version,
-            "run_id": provenance.run_id,
-            "git_commit": provenance.git_commit,
-            "task": model.task,
-            "runtime": model.runtime,
-        }
-        if shared:  # Info does not work across processes: the same sample, from a gauge
-            Gauge(
-                "serving_model_info", "The model being served", list(labels),
-                multiprocess_mode="livemax", registry=registry,
-            ).labels(**labels).set(1)  # fmt: skip
-        else:
-            Info("serving_model", "The model being served", registry=registry).info(labels)
-
-    def observe_arm(self, arm: str, version: str, seconds: float) -> None:
-        self.arm_requests.labels(arm, version).inc()
-        self.arm_predict_seconds.labels(arm, version).observe(seconds)
-
-    def observe_predictions(self, endpoint: str, predictions: list, seconds: float) -> None:
-        self.rows.labels(endpoint).inc(len(predictions))
-        self.predict_seconds.observe(seconds)
-        if self.classes is not None:
-            for label, count in Tally(map(str, predictions)).items():
-                self.classes.labels(label).inc(count)
-        else:
-            for value in predictions:
-                if isinstance(value, int | float) and math.isfinite(value):
-                    self.values.observe(value)
-
-
-class _Workers(MultiProcessCollector):
-    """Every worker's metric files; the live gauges of workers that have exited are dropped first
-    (uvicorn restarts a dead worker without telling anyone: this is where it is noticed)."""
-
-    def __init__(self, registry: CollectorRegistry):
-        self.path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
-        if not os.path.isdir(self.path):
-            raise SettingsError(
-                f"{WORKERS_ENV} above 1 needs PROMETHEUS_MULTIPROC_DIR, a fresh directory for the "
-                "workers' metrics: start the server with `python -m crisp_ml.serving`, which sets it"
-            )
-        super().__init__(registry, self.path)
-
-    def collect(self):
-        for file in Path(self.path).glob("gauge_live*_*.db"):
-            pid = file.stem.rpartition("_")[2]
-            if pid.isdigit() and not _alive(int(pid)):
-                mark_process_dead(int(pid), self.path)
-        return super().collect()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def error_body(code: str, message: str, **details: Any) -> bytes:
-    return json.dumps({"error_code": code, "message": message, **details}).encode()
-
-
-class Gate:
-    """Pure ASGI middleware in front of every request: token, body size and content type, request
-    id, metrics, and a last-resort handler so an unexpected error is a JSON 500, never a crash."""
-
-    def __init__(self, app, settings: Settings, metrics: Metrics):
-        self.app, self.settings, self.metrics = app, settings, metrics
-        self.token = f"Bearer {settings.token}".encode() if settings.token else None
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.perf_counter()
-        path, method = scope["path"], scope["method"]
-        endpoint = path if path in ENDPOINTS else "other"  # bounded label values
-        headers = dict(scope["headers"])
-        request_id = _request_id(headers.get(b"x-request-id"))
-        scope.setdefault("state", {})["request_id"] = request_id
-        status = 500
-        response_started = False
-
-        async def send_with_id(message):
-            nonlocal status, response_started
-            if message["type"] == "http.response.start":
-                status, response_started = message["status"], True
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
-            await send(message)
-
-        async def refuse(code: int, error_code: str, message: str, **extra_headers: str):
-            self.metrics.errors.labels(endpoint, error_code).inc()
-            headers_out = [(b"content-type", JSON.encode())]
-            headers_out += [(k.encode(), v.encode()) for k, v in extra_headers.items()]
-            await send_with_id(
-                {"type": "http.response.start", "status": code, "headers": headers_out}
-            )
-            await send_with_id(
-                {"type": "http.response.body", "body": error_body(error_code, message)}
-            )
-
-        try:
-            if self.token and path not in OPEN_PATHS and not _authorized(headers, self.token):
-                await refuse(
-                    401, "UNAUTHORIZED", "send 'Authorization: Bearer <token>' (SERVING_TOKEN)",
-                    **{"www-authenticate": "Bearer"},
-                )  # fmt: skip
-            elif problem := self._body_problem(path, method, headers):
-                await refuse(*problem)
-            elif method == "POST":
-                body = await self._read_body(receive)
-                if body is None:
-                    limit = self.settings.max_body_bytes
-                    await refuse(
-                        413, "PAYLOAD_TOO_LARGE", f"the body exceeds MAX_BODY_BYTES={limit}"
-                    )
-                else:
-                    await self.app(scope, _replay(body, receive), send_with_id)
-            else:
-                await self.app(scope, receive, send_with_id)
-        except Exception:
-            log.exception("unexpected error on %s %s (request %s)", method, path, request_id)
-            if not response_started:
-                await refuse(
-                    500, "INTERNAL_ERROR", f"unexpected server error (request {request_id})"
-                )
-        finally:
-            self.metrics.requests.labels(endpoint, method, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-
-    def _body_problem(self, path: str, method: str, headers: dict) -> tuple[int, str, str] | None:
-        """Refusals decided from the headers alone: a declared size over the limit, a wrong type."""
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                return 400, "MALFORMED_REQUEST", "Content-Length is not a number"
-            if declared > self.settings.max_body_bytes:
-                limit = self.settings.max_body_bytes
-                return (
-                    413,
-                    "PAYLOAD_TOO_LARGE",
-                    f"the body ({declared} bytes) exceeds MAX_BODY_BYTES={limit}",
-                )
-        if method != "POST" or path not in ("/invocations", "/predict"):
-            return None
-        content_type = headers.get(b"content-type", b"").decode("latin-1")
-        mime, _, parameters = content_type.partition(";")
-        mime = mime.strip().lower()
-        accepted = (JSON, "text/csv") if path == "/invocations" else (JSON,)
-        if mime not in accepted:
-            return (
-                415,
-                "UNSUPPORTED_MEDIA_TYPE",
-                f"Content-Type {content_type or 'missing'!r}; use {' or '.join(accepted)}",
-            )
-        charset = (
-            parameters.strip().lower().removeprefix("charset=").strip('"')
-            if parameters.strip()
-            else "utf-8"
-        )
-        if charset.replace("-", "") != "utf8":
-            return 415, "UNSUPPORTED_MEDIA_TYPE", f"only UTF-8 bodies are accepted, not {charset!r}"
-        return None
-
-    async def _read_body(self, receive) -> bytes | None:
-        """The whole body, or None as soon as it grows past the limit (chunked uploads too)."""
-        limit, chunks, size = self.settings.max_body_bytes, [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
-
-
-def _request_id(given: bytes | None) -> str:
-    if given and len(given) <= 128 and given.isascii() and given.decode().isprintable():
-        return given.decode()
-    return uuid.uuid4().hex
-
-
-def _authorized(headers: dict, expected: bytes) -> bool:
-    return hmac.compare_digest(headers.get(b"authorization", b""), expected)
-
-
-def _replay(body: bytes, receive):
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-def _wants_probabilities(request: Request, params: dict) -> bool:
-    raw = request.query_params.get("probabilities")
-    if raw not in (None, "true", "false"):  # as OpenAPI writes a boolean in a query
-        raise RequestError(
-            400, "INVALID_PARAMETER", "query parameter 'probabilities' must be true or false"
-        )
-    return bool(params.get("probabilities")) or raw == "true"
-
+# WORKERS_ENV and worker_count live in settings.py; benchmarks/serving.py reads them from here in
+# the image of whichever runtime a project holds, so they stay importable from this module.
+__all__ = ["WORKERS_ENV", "create_app", "worker_count"]
 
 ERRORS = {
     status: {"model": ErrorBody, "description": text}
@@ -500,187 +61,6 @@ ERRORS = {
         503: "the prediction log (PREDICTION_LOG) cannot be written, so nothing is answered",
     }.items()
 }
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One served version: champion (the first bundle) or challenger (CHALLENGER_BUNDLE)."""
-
-    name: str
-    model: ServedModel
-    provenance: bundle_files.Provenance
-    manifest: dict
-
-    def describe(self) -> dict:
-        return {
-            "arm": self.name,
-            "model_name": self.provenance.name,
-            "model_version": self.provenance.version,
-            "runtime": self.model.runtime,
-        }
-
-
-def load_arm(name: str, bundle: Path, runtime: str | None) -> Arm:
-    manifest = bundle_files.verify(bundle)  # before any byte of the model is deserialised
-    model = load(Path(bundle) / bundle_files.MODEL_DIR, runtime)
-    return Arm(name, model, bundle_files.Provenance.from_manifest(manifest), manifest)
-
-
-def load_challenger(settings: Settings, champion: Arm) -> Arm | None:
-    """The second version ab and shadow need, checked against the first; None in single mode."""
-    plan = settings.plan
-    if plan.mode == arms.SINGLE:
-        return None  # a CHALLENGER_BUNDLE is ignored: the image always sets one, maybe empty
-    folder = Path(plan.challenger_bundle) if plan.challenger_bundle else None
-    if folder is None or not folder.is_dir() or not any(folder.iterdir()):
-        where = f" ({folder} is {'empty' if folder and folder.is_dir() else 'missing'})"
-        raise SettingsError(
-            f"{arms.MODE_ENV}={plan.mode} serves two versions, but there is no challenger bundle"
-            f"{where if folder else ''}: set {arms.CHALLENGER_ENV} (or --challenger-bundle DIR) "
-            f"to one (`serve --mode {plan.mode}` and `image --mode {plan.mode}` export it), or "
-            f"set {arms.MODE_ENV}=single"
-        )
-    challenger = load_arm(CHALLENGER, folder, settings.runtime)
-    ours, theirs = champion.provenance, challenger.provenance
-    if (ours.name, ours.version) == (theirs.name, theirs.version):
-        raise SettingsError(
-            f"the champion and the challenger are both {ours.name} version {ours.version}: "
-            f"{plan.mode} mode compares two versions; pick another challenger (--challenger)"
-        )
-    if champion.model.columns != challenger.model.columns:
-        raise ChallengerMismatch(
-            f"the challenger ({theirs.name} version {theirs.version}) takes the input columns "
-            f"{_signature(challenger.model)}, the champion ({ours.name} version {ours.version}) "
-            f"{_signature(champion.model)}: in {plan.mode} mode every request must suit both, so "
-            "their signatures must be the same columns of the same types"
-        )
-    if champion.model.task != challenger.model.task:
-        raise ChallengerMismatch(
-            f"the challenger is a {challenger.model.task} model, the champion a "
-            f"{champion.model.task} one: both must answer the same question"
-        )
-    column = plan.routing_column
-    if plan.mode == arms.AB and column and column not in champion.model.column_names:
-        raise SettingsError(
-            f"{arms.ROUTING_ENV}={column!r} is not an input column of the models "
-            f"({', '.join(champion.model.column_names)}): name one of them, or unset it to route "
-            "on X-Request-ID"
-        )
-    return challenger
-
-
-def _signature(model: ServedModel) -> str:
-    return "[" + ", ".join(f"{c.name}: {c.type}" for c in model.columns) + "]"
-
-
-def routing_key(request_id: str, batch: schema.Batch, column: str | None) -> str:
-    """What ab mode hashes: the routing column's value in the first row, else the request id."""
-    if column and batch.rows:
-        value = batch.arrays[column][0]
-        value = value.item() if hasattr(value, "item") else value
-        missing = value is None or (isinstance(value, float) and not math.isfinite(value))
-        if not missing:
-            return str(value)
-    return request_id
-
-
-@dataclass(frozen=True)
-class ShadowJob:
-    request_id: str
-    endpoint: str
-    batch: schema.Batch
-
-
-class Shadow:
-    """The challenger scoring requests after the champion answered them: a bounded queue and one
-    thread. `submit` never waits: with the queue full the job is dropped and counted."""
-
-    def __init__(
-        self, arm: Arm, size: int, metrics: Metrics, prediction_log,
-        max_rows: int = arms.SHADOW_QUEUE_ROWS,
-    ):  # fmt: skip
-        self.arm, self.metrics, self.prediction_log = arm, metrics, prediction_log
-        self.jobs: queue.Queue[ShadowJob | None] = queue.Queue(maxsize=size)
-        self.max_rows, self.pending_rows = max_rows, 0
-        self._thread: threading.Thread | None = None
-        self._start = threading.Lock()
-        self._rows = threading.Lock()
-
-    def submit(self, job: ShadowJob) -> bool:
-        if self._thread is None:
-            with self._start:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._work, name="shadow-scoring", daemon=True
-                    )
-                    self._thread.start()
-        with self._rows:
-            if self.pending_rows + job.batch.rows > self.max_rows:
-                self.metrics.shadow_dropped.inc()
-                return False
-            try:
-                self.jobs.put_nowait(job)
-            except queue.Full:
-                self.metrics.shadow_dropped.inc()
-                return False
-            self.pending_rows += job.batch.rows
-        return True
-
-    def join(self) -> None:
-        """Wait until every submitted job has been scored (tests, shutdown)."""
-        self.jobs.join()
-
-    def close(self, timeout: float = 10) -> None:
-        """Stop the thread: what waits unscored is dropped (and counted), the job in hand ends."""
-        if self._thread is None:
-            return
-        dropped = 0
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self.jobs.get_nowait()
-                self.jobs.task_done()
-                dropped += 1
-        if dropped:
-            self.metrics.shadow_dropped.inc(dropped)
-            log.warning("shadow scoring: %d requests left unscored at shutdown", dropped)
-        self.jobs.put(None)  # room now: the queue was just emptied
-        self._thread.join(timeout)
-
-    def _work(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            try:
-                self.score(job)
-            except Exception:  # one bad job must not stop the shadow
-                self.metrics.shadow_failures.inc()
-                log.exception("shadow scoring failed for request %s", job.request_id)
-            finally:
-                with self._rows:
-                    self.pending_rows -= job.batch.rows
-                self.jobs.task_done()
-        self.jobs.task_done()
-
-    def score(self, job: ShadowJob) -> None:
-        model, provenance = self.arm.model, self.arm.provenance
-        started = time.perf_counter()
-        inputs = model.inputs(job.batch.arrays)
-        predictions = model.predict(inputs)
-        probas = model.predict_proba(inputs) if model.task == "classification" else None
-        seconds = time.perf_counter() - started
-        self.metrics.observe_arm(SHADOW_ARM, provenance.version, seconds)
-        if self.prediction_log:
-            entry = predlog.Entry(
-                time.time(), job.request_id, job.endpoint, seconds * 1000, job.batch.values,
-                predictions, probas, provenance.name, provenance.version, SHADOW_ARM,
-                with_inputs=False,
-            )  # fmt: skip
-            try:
-                self.metrics.log_rows_left_out.inc(self.prediction_log.record(entry))
-            except predlog.PredictionLogError as error:
-                self.metrics.log_failures.inc()
-                log.error(
-                    "cannot write the prediction log %s (%s): the shadow answer to request %s "
-                    "is lost", error.filename, error.strerror, job.request_id,
-                )  # fmt: skip
 
 
 def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
@@ -700,12 +80,12 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
         )  # fmt: skip
     columns = model.columns
     classification = model.task == "classification"
-    two = challenger is not None  # ab or shadow: log lines name their arm and row
     shadow = (
         Shadow(challenger, plan.shadow_queue, metrics, prediction_log)
-        if two and plan.mode == arms.SHADOW
+        if challenger is not None and plan.mode == arms.SHADOW
         else None
     )
+    scoring = Scoring(champion, challenger, plan, metrics, prediction_log, shadow)
     Row = schema.row_model(columns)
     PredictRequest = schema.request_model(Row)
     InvocationsRow = schema.row_model(columns, "InvocationsRow", schema.INVOCATIONS_BOUNDS)
@@ -755,23 +135,6 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
     app.state.prediction_log = prediction_log
     app.state.champion, app.state.challenger, app.state.shadow = champion, challenger, shadow
 
-    def respond(
-        payload: Any, status: int = 200, arm: Arm | None = None, after: Any = None
-    ) -> Response:
-        headers = (
-            {"X-Model-Version": arm.provenance.version, "X-Model-Arm": arm.name} if arm else None
-        )
-        return Response(
-            json.dumps(payload, separators=(",", ":")), status_code=status, media_type=JSON,
-            headers=headers, background=after,
-        )  # fmt: skip
-
-    def choose(request: Request, batch: schema.Batch) -> Arm:
-        if challenger is None or plan.mode != arms.AB:
-            return champion
-        key = routing_key(request.state.request_id, batch, plan.routing_column)
-        return challenger if arms.route(key, plan.share) == CHALLENGER else champion
-
     def fail(request: Request, status: int, body: dict) -> Response:
         endpoint = request.url.path if request.url.path in ENDPOINTS else "other"
         metrics.errors.labels(endpoint, body["error_code"]).inc()
@@ -793,56 +156,6 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
         )
         answer.headers.update(error.headers or {})  # e.g. Allow on a 405
         return answer
-
-    def run_model(request: Request, endpoint: str, batch: schema.Batch, probabilities: bool):
-        """(the arm that answered, its predictions, its probabilities or None)."""
-        if probabilities and not classification:
-            raise RequestError(400, "INVALID_PARAMETER", "a regression model has no probabilities")
-        arm = choose(request, batch)
-        started = time.perf_counter()
-        # Two versions are compared on the log, by a metric that may need probabilities (AUC):
-        # they are logged for every row then, and answered only when asked for.
-        logged_probabilities = probabilities or (two and classification)
-        try:
-            inputs = arm.model.inputs(batch.arrays)
-            predictions = arm.model.predict(inputs)
-            probas = arm.model.predict_proba(inputs) if logged_probabilities else None
-        except Exception as error:  # the input passed the signature yet the model refused it
-            raise RequestError(
-                400, "PREDICTION_FAILED", f"the model could not predict these rows: {error}"
-            ) from error
-        seconds = time.perf_counter() - started
-        if prediction_log:  # before the answer exists: an answered request is a logged one
-            entry = predlog.Entry(
-                time.time(), request.state.request_id, endpoint, seconds * 1000, batch.values,
-                predictions, probas,
-                *((arm.provenance.name, arm.provenance.version, arm.name) if two else ()),
-            )  # fmt: skip
-            log_prediction(entry)
-        metrics.observe_predictions(endpoint, predictions, seconds)
-        metrics.observe_arm(arm.name, arm.provenance.version, seconds)
-        return arm, predictions, probas if probabilities else None
-
-    def shadow_after(request: Request, endpoint: str, batch: schema.Batch):
-        """In shadow mode, the challenger's job, handed to its thread once the answer is sent."""
-        if shadow is None:
-            return None
-        return BackgroundTask(shadow.submit, ShadowJob(request.state.request_id, endpoint, batch))
-
-    def log_prediction(entry: predlog.Entry) -> None:
-        try:
-            metrics.log_rows_left_out.inc(prediction_log.record(entry))
-        except predlog.PredictionLogError as error:
-            metrics.log_failures.inc()
-            log.error(
-                "cannot write the prediction log %s (%s): request %s refused with 503",
-                error.filename, error.strerror, entry.request_id,
-            )  # fmt: skip
-            raise RequestError(
-                503, "PREDICTION_LOG_UNAVAILABLE",
-                f"the prediction log cannot be written ({error.strerror}) and every answer is "
-                "logged, so none was given; retry later (the server's own log says more)",
-            ) from error  # fmt: skip
 
     # The app exists only once the model is loaded and verified, and uvicorn accepts connections
     # only after that: a 200 here means the model answers.
@@ -925,11 +238,11 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
         else:
             batch, params = schema.parse_json(body, columns)
         probabilities = _wants_probabilities(request, params)
-        arm, predictions, probas = run_model(request, "/invocations", batch, probabilities)
+        arm, predictions, probas = scoring.run_model(request, "/invocations", batch, probabilities)
         answer: dict[str, Any] = {"predictions": predictions}
         if probas is not None:
             answer["probabilities"] = probas
-        return respond(answer, arm=arm, after=shadow_after(request, "/invocations", batch))
+        return respond(answer, arm=arm, after=scoring.shadow_after(request, "/invocations", batch))
 
     @app.post(
         "/predict",
@@ -944,7 +257,7 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
             for c, f in zip(columns, fields, strict=True)
         }
         batch = schema.check(values, columns)
-        arm, predictions, probas = run_model(request, "/predict", batch, classification)
+        arm, predictions, probas = scoring.run_model(request, "/predict", batch, classification)
         rows = [
             {"prediction": p, "probabilities": probas[i] if probas else None}
             for i, p in enumerate(predictions)
@@ -956,7 +269,7 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
                 "model_version": arm.provenance.version,
             },
             arm=arm,
-            after=shadow_after(request, "/predict", batch),
+            after=scoring.shadow_after(request, "/predict", batch),
         )
 
     def openapi() -> dict:
@@ -969,6 +282,97 @@ def create_app(bundle: Path, settings: Settings | None = None) -> FastAPI:
     app.openapi = openapi
     app.add_middleware(Gate, settings=settings, metrics=metrics)
     return app
+
+
+class Scoring:
+    """What a prediction request goes through once its rows are checked: the version that answers
+    it, the model's predict, the prediction log and the metrics; in shadow mode, the challenger's
+    job for after the answer."""
+
+    def __init__(
+        self, champion: Arm, challenger: Arm | None, plan: arms.Plan, metrics: Metrics,
+        prediction_log: predlog.PredictionLog | None, shadow: Shadow | None,
+    ):  # fmt: skip
+        self.champion, self.challenger, self.plan = champion, challenger, plan
+        self.metrics, self.prediction_log, self.shadow = metrics, prediction_log, shadow
+        self.classification = champion.model.task == "classification"
+        self.two = challenger is not None  # ab or shadow: log lines name their arm and row
+
+    def choose(self, request: Request, batch: schema.Batch) -> Arm:
+        if self.challenger is None or self.plan.mode != arms.AB:
+            return self.champion
+        key = routing_key(request.state.request_id, batch, self.plan.routing_column)
+        return self.challenger if arms.route(key, self.plan.share) == CHALLENGER else self.champion
+
+    def run_model(self, request: Request, endpoint: str, batch: schema.Batch, probabilities: bool):
+        """(the arm that answered, its predictions, its probabilities or None)."""
+        if probabilities and not self.classification:
+            raise RequestError(400, "INVALID_PARAMETER", "a regression model has no probabilities")
+        arm = self.choose(request, batch)
+        started = time.perf_counter()
+        # Two versions are compared on the log, by a metric that may need probabilities (AUC):
+        # they are logged for every row then, and answered only when asked for.
+        logged_probabilities = probabilities or (self.two and self.classification)
+        try:
+            inputs = arm.model.inputs(batch.arrays)
+            predictions = arm.model.predict(inputs)
+            probas = arm.model.predict_proba(inputs) if logged_probabilities else None
+        except Exception as error:  # the input passed the signature yet the model refused it
+            raise RequestError(
+                400, "PREDICTION_FAILED", f"the model could not predict these rows: {error}"
+            ) from error
+        seconds = time.perf_counter() - started
+        if self.prediction_log:  # before the answer exists: an answered request is a logged one
+            entry = predlog.Entry(
+                time.time(), request.state.request_id, endpoint, seconds * 1000, batch.values,
+                predictions, probas,
+                *((arm.provenance.name, arm.provenance.version, arm.name) if self.two else ()),
+            )  # fmt: skip
+            self.log_prediction(entry)
+        self.metrics.observe_predictions(endpoint, predictions, seconds)
+        self.metrics.observe_arm(arm.name, arm.provenance.version, seconds)
+        return arm, predictions, probas if probabilities else None
+
+    def shadow_after(self, request: Request, endpoint: str, batch: schema.Batch):
+        """In shadow mode, the challenger's job, handed to its thread once the answer is sent."""
+        if self.shadow is None:
+            return None
+        return BackgroundTask(
+            self.shadow.submit, ShadowJob(request.state.request_id, endpoint, batch)
+        )
+
+    def log_prediction(self, entry: predlog.Entry) -> None:
+        try:
+            self.metrics.log_rows_left_out.inc(self.prediction_log.record(entry))
+        except predlog.PredictionLogError as error:
+            self.metrics.log_failures.inc()
+            log.error(
+                "cannot write the prediction log %s (%s): request %s refused with 503",
+                error.filename, error.strerror, entry.request_id,
+            )  # fmt: skip
+            raise RequestError(
+                503, "PREDICTION_LOG_UNAVAILABLE",
+                f"the prediction log cannot be written ({error.strerror}) and every answer is "
+                "logged, so none was given; retry later (the server's own log says more)",
+            ) from error  # fmt: skip
+
+
+def respond(payload: Any, status: int = 200, arm: Arm | None = None, after: Any = None) -> Response:
+    """Compact JSON; a prediction's answer names the version that gave it (`arm`)."""
+    headers = {"X-Model-Version": arm.provenance.version, "X-Model-Arm": arm.name} if arm else None
+    return Response(
+        json.dumps(payload, separators=(",", ":")), status_code=status, media_type=JSON,
+        headers=headers, background=after,
+    )  # fmt: skip
+
+
+def _wants_probabilities(request: Request, params: dict) -> bool:
+    raw = request.query_params.get("probabilities")
+    if raw not in (None, "true", "false"):  # as OpenAPI writes a boolean in a query
+        raise RequestError(
+            400, "INVALID_PARAMETER", "query parameter 'probabilities' must be true or false"
+        )
+    return bool(params.get("probabilities")) or raw == "true"
 
 
 def _example_row(example: dict | None) -> dict | None:

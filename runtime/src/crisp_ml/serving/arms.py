@@ -8,7 +8,7 @@
              that input column in the request's FIRST row (null: the request id). The same key
              always gets the same version; all rows of one request go to one version.
     shadow   the champion answers; the challenger scores the same rows after the response is
-             sent, and its answers go to the prediction log only (app.py says how it is bounded)
+             sent, and its answers go to the prediction log only (versions.py says how it is bounded)
 
 No MLflow, no FastAPI here: the image runs it, and `make image` validates its settings with it.
 """

@@ -50,11 +50,15 @@ RUNTIME_MODULES = (
     "app.py",
     "arms.py",
     "bundle.py",
+    "gate.py",
     "integrity.py",
+    "metrics.py",
     "model.py",
     "onnx_model.py",
     "predlog.py",
     "schema.py",
+    "settings.py",
+    "versions.py",
 )
 CONTAINER_PORT = 8080
 Echo = Callable[[str], Any]
