@@ -293,18 +293,24 @@ def test_a_model_that_cannot_compile_is_registered_as_it_was_with_the_reason(tas
 
 @pytest.mark.parametrize("given", [None, "0"])
 def test_onnx_runtime_reports_nothing_unless_asked(compiled, tmp_path, given):
-    """ONNX Runtime's telemetry keeps a device ID and an event cache under HOME: none appears
-    when a model is scored through the runtime package, unless ORT_DISABLE_TELEMETRY=0 opts in."""
+    """ONNX Runtime's telemetry keeps a device ID and an event cache under HOME: nothing appears
+    there or in the working directory when a model is loaded through the runtime package, unless
+    ORT_DISABLE_TELEMETRY=0 opts in."""
     env = {
         k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")
     }
-    home = tmp_path / "home"
-    home.mkdir()
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
     env["HOME"] = str(home)
     if given is not None:
         env["ORT_DISABLE_TELEMETRY"] = given
     model = compiled[0] / bundle_files.MODEL_DIR / ONNX_FILE
     code = f"import crisp_ml, onnxruntime; onnxruntime.InferenceSession({str(model)!r})"
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
-    written = [p.relative_to(home).as_posix() for p in home.rglob("*") if p.is_file()]
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=work, check=True, timeout=120)
+    written = [
+        p.relative_to(tmp_path).as_posix()
+        for d in (home, work)
+        for p in d.rglob("*")
+        if p.is_file()
+    ]
     assert (written != []) == (given == "0"), written

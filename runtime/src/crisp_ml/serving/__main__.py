@@ -21,8 +21,9 @@ champion's requests (other input columns or types, another task). Exit 2 for a b
 ab or shadow without a challenger bundle, the same version twice, or an unknown routing column.
 
 --check: do every check of a start (settings, integrity, loading each version) and import what
-the server would, then exit 0 without listening. The image build runs it, which both refuses a
-bundle that would not start and compiles bytecode for exactly the modules the server imports.
+starting the server would, then exit 0 without listening; the prediction log is not opened, so
+it is never changed. The image build runs it: a bundle that would not start fails the build, and
+the bytecode of what start-up imports is compiled into the image.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def run(
     try:
         count = worker_count(os.environ.get(WORKERS_ENV) if workers is None else workers)
         settings = Settings.from_env({**os.environ, **overrides, WORKERS_ENV: str(count)})
+        if check_only:  # opening the log may cut a torn last line: leave that to a real start
+            settings = replace(settings, prediction_log=None)
         app = create_app(bundle, replace(settings, workers=1))  # the workers' check, done once
     except (SettingsError, IntegrityError, ModelLoadError, OSError) as error:
         sys.stderr.write(f"refusing to start: {error}\n")
@@ -79,8 +82,6 @@ def run(
     }  # fmt: skip
     if check_only:
         _import_server(app, options)
-        if app.state.prediction_log:
-            app.state.prediction_log.close()
         sys.stderr.write(f"ready to serve {bundle} ({settings.plan.mode}, {count} worker(s))\n")
         return 0
     if count == 1:
@@ -110,10 +111,9 @@ def run(
 
 
 def _import_server(app, options: dict) -> None:
-    """Import what uvicorn imports only once it runs: its event loop, HTTP protocol, lifespan
-    and worker supervisor."""
+    """Import what uvicorn imports only once it runs: its event loop, HTTP protocol and lifespan
+    (its worker supervisor comes with uvicorn itself)."""
     import uvicorn
-    import uvicorn.supervisors
 
     config = uvicorn.Config(app, **options)
     config.load()
