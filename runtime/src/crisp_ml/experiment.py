@@ -70,9 +70,11 @@ from scipy import stats
 from . import evaluation, project
 from .evaluation import Predictions
 from .project import resolve_path
+from .serving.arms import AB, CHALLENGER, CHAMPION, SHADOW, SHADOW_ARM
+from .serving.predlog import is_summary
 from .use_case import METRICS, Metric, UseCase
 
-ARMS = ("champion", "challenger")
+ARMS = (CHAMPION, CHALLENGER)
 # + the class label, one column per class: as the scorer writes them, and as pandas.json_normalize
 # flattens the prediction log's "probabilities" object
 PROBABILITY_PREFIXES = ("probability_", "probabilities.")
@@ -238,7 +240,6 @@ LOG_FIELDS = (
     "request_id", "row", "timestamp", "endpoint", "model_name", "model_version", "arm",
     "latency_ms",
 )  # fmt: skip
-SHADOW = "shadow"  # the arm of a shadow challenger's answer lines
 ROW_KEY = ["request_id", "row"]  # what names one logged row: the request and the row within it
 SERVE_AB = 'make serve ARGS="--mode ab --challenger challenger --share 0.5"'
 
@@ -255,7 +256,7 @@ def read_experiment_log(path: str | Path) -> pd.DataFrame:
     log does not hold). ExperimentError for a missing log, a log without arms, and a log that
     mixes both modes.
     """
-    from .monitoring import log_files  # the rotation's naming, in one place
+    from .monitoring import log_entry, log_files  # the log's lines and rotation, in one place
 
     file = resolve_path(str(path))
     files = log_files(file)
@@ -268,22 +269,22 @@ def read_experiment_log(path: str | Path) -> pd.DataFrame:
     positions: dict[tuple[str, str], int] = {}  # the next row of a request, for lines without one
     for part in files:
         for line in part.read_text(encoding="utf-8", errors="replace").splitlines():
-            entry = _log_line(line)
+            entry = log_entry(line)
             kind = _line_kind(entry)
             if kind in ("skipped", "summary"):
                 counts["skipped_lines"] += kind == "skipped" and bool(line.strip())
-                if kind == "summary" and entry.get("arm") != SHADOW:  # counted once, not twice
+                if kind == "summary" and entry.get("arm") != SHADOW_ARM:  # counted once, not twice
                     counts["rows_left_out"] += entry["rows"] - entry["rows_logged"]
                 continue
             if kind == "single":
                 counts["single"] += 1
                 continue
-            position = (str(entry.get("request_id")), "shadow" if kind == SHADOW else "row")
+            position = (str(entry.get("request_id")), "shadow" if kind == SHADOW_ARM else "row")
             row = entry.get("row")
             if row is None:
                 row = positions.get(position, 0)
             positions[position] = int(row) + 1
-            (shadows if kind == SHADOW else rows).append(_flat(entry, row, kind == SHADOW))
+            (shadows if kind == SHADOW_ARM else rows).append(_flat(entry, row, kind == SHADOW_ARM))
     if not rows:
         if counts["single"]:
             raise ExperimentError(
@@ -308,7 +309,7 @@ def read_experiment_log(path: str | Path) -> pd.DataFrame:
     if shadows:
         log, unmatched = _with_shadows(log, pd.DataFrame(shadows))
     log.attrs.update(
-        mode=SHADOW if shadows else "ab",
+        mode=SHADOW if shadows else AB,
         skipped_lines=counts["skipped_lines"],
         rows_left_out=counts["rows_left_out"],
         single_rows=counts["single"],
@@ -316,14 +317,6 @@ def read_experiment_log(path: str | Path) -> pd.DataFrame:
         files=[str(f) for f in files],
     )
     return log
-
-
-def _log_line(line: str) -> dict | None:
-    try:
-        entry = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return entry if isinstance(entry, dict) else None
 
 
 def _line_kind(entry: dict | None) -> str:
@@ -336,11 +329,10 @@ def _line_kind(entry: dict | None) -> str:
         if arm is None:
             return "single"
         return "row" if arm in ARMS else "skipped"
-    counts = (entry.get("rows"), entry.get("rows_logged"))
-    if all(type(n) is int for n in counts) and 0 <= counts[1] <= counts[0]:
+    if is_summary(entry):
         return "summary"
-    if arm == SHADOW and "prediction" in entry:
-        return SHADOW
+    if arm == SHADOW_ARM and "prediction" in entry:
+        return SHADOW_ARM
     return "skipped"
 
 

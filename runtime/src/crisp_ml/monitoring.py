@@ -21,6 +21,8 @@ from scipy import stats
 
 from . import evaluation, project
 from .project import project_root, resolve_path
+from .serving.arms import SHADOW_ARM  # a shadow challenger's answer lines in the log
+from .serving.predlog import is_summary
 from .tracking import client as tracking_client
 from .tracking import model_name
 from .use_case import METRICS
@@ -30,8 +32,6 @@ VERDICTS = ("ok", "warn", "retrain")  # from the least to the most severe
 # exits 2 on wrong usage, and a typo must never read as a verdict.
 EXIT_CODES = {"ok": 0, "warn": 3, "retrain": 4}
 VERDICT_FILE = "verdict.json"  # what the notebook leaves in its run folder for `monitor` to read
-# A shadow server's line for the challenger's answer to a row the champion answered (and logged).
-SHADOW_ARM = "shadow"
 LOG_FIELDS = ("request_id", "timestamp", "model_version")  # kept beside each logged row's inputs
 READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
 
@@ -190,10 +190,7 @@ def log_entry(line: str) -> dict | None:
         return None
     if isinstance(entry.get("inputs"), dict) or entry.get("arm") == SHADOW_ARM:
         return entry
-    counts = (entry.get("rows"), entry.get("rows_logged"))
-    if all(type(n) is int for n in counts) and 0 <= counts[1] <= counts[0]:
-        return entry
-    return None
+    return entry if is_summary(entry) else None
 
 
 def log_notes(batch: pd.DataFrame) -> str:

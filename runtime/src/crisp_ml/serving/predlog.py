@@ -266,6 +266,13 @@ class PredictionLog:
         return os.read(self._fd, size)
 
 
+def is_summary(entry: dict) -> bool:
+    """Whether a log line is one `PredictionLog._summary` wrote: how many rows a too-large
+    request had, and how many of them were logged."""
+    counts = (entry.get("rows"), entry.get("rows_logged"))
+    return all(type(n) is int for n in counts) and 0 <= counts[1] <= counts[0]
+
+
 def _encode(line: dict) -> bytes:
     return (json.dumps(line, default=str, allow_nan=False) + "\n").encode()
 
