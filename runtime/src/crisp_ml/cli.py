@@ -155,6 +155,8 @@ appears only when complete. Every job is an MLflow run (kind=scoring): digests, 
 
 def _two_version_arguments(parser: argparse.ArgumentParser) -> None:
     """`serve` and `image`: two registered versions in one server (crisp_ml.serving.arms)."""
+    from .serving import arms
+
     parser.add_argument(
         "--mode", default=None, metavar="single|ab|shadow",
         help="ab: each request answered by one version, split by --share; shadow: the champion "
@@ -167,7 +169,8 @@ def _two_version_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--share", default=None, metavar="0..1",
-        help="ab: the challenger's share of requests (default: SERVING_CHALLENGER_SHARE, else 0.5)",
+        help=f"ab: the challenger's share of requests (default: {arms.SHARE_ENV}, "
+        f"else {arms.DEFAULT_SHARE:g})",
     )  # fmt: skip
     parser.add_argument(
         "--routing-column", metavar="COLUMN",

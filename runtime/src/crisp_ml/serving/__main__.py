@@ -37,7 +37,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from .arms import CHALLENGER_ENV, MODE_ENV, ROUTING_ENV, SHARE_ENV
+from .arms import CHALLENGER_ENV, DEFAULT_SHARE, MODE_ENV, ROUTING_ENV, SHARE_ENV
 
 EXIT_SETTINGS, EXIT_INTEGRITY, EXIT_MODEL = 2, 3, 4
 BUNDLE_ENV, METRICS_DIR_ENV = "MODEL_BUNDLE", "PROMETHEUS_MULTIPROC_DIR"
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the second version's bundle, for ab and shadow (default: CHALLENGER_BUNDLE)",
     )  # fmt: skip
     parser.add_argument(
-        "--share", help="ab: the challenger's share of requests, 0 to 1 (default 0.5)"
+        "--share",
+        help=f"ab: the challenger's share of requests, 0 to 1 (default {DEFAULT_SHARE:g})",
     )
     parser.add_argument(
         "--routing-column", metavar="COLUMN",
