@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import socket
+import textwrap
 import time
 import tomllib
 import urllib.error
@@ -335,8 +336,8 @@ def build(
             raise ImageError(f"docker build failed: {chunk['error'].strip()}\n{tail}{_hint(tail)}")
         if text := chunk.get("stream"):
             output.append(text)
-            if text.startswith("Step "):
-                echo(f"  {text.strip()}")
+            if text.startswith("Step "):  # a RUN step's whole script is in the Dockerfile
+                echo(f"  {textwrap.shorten(text, width=100, placeholder=' ...')}")
     if challenger is None:
         client.api.tag(tag, settings().image_name, "latest")
     size = client.images.get(tag).attrs["Size"]
