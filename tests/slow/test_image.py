@@ -243,12 +243,23 @@ print(json.dumps({
 """
 
 
+def leftovers(tag: str, touched: str | None = None) -> dict:
+    """What LEFTOVERS_PROBE finds in the image; `touched`: a source file touched first (as root),
+    so that its bytecode no longer matches it."""
+    if touched is None:
+        probe = docker("run", "--rm", "--read-only", "--entrypoint", "python", tag, "-c",
+                       LEFTOVERS_PROBE, timeout=180)  # fmt: skip
+    else:
+        probe = docker("run", "--rm", "--user", "0", "--entrypoint", "sh", tag, "-c",
+                       'touch "$1" && exec python -c "$2"', "sh", touched, LEFTOVERS_PROBE,
+                       timeout=180)  # fmt: skip
+    return json.loads(probe.stdout.splitlines()[-1])
+
+
 def assert_holds_what_the_server_runs_and_no_build_leftovers(tag: str) -> None:
     """Valid bytecode for every module start-up imports (compiled at build time by the server's
     own start-up check), no debug symbols, no stubs, headers or static libraries, no protobuf."""
-    probe = docker("run", "--rm", "--read-only", "--entrypoint", "python", tag, "-c",
-                   LEFTOVERS_PROBE, timeout=180)  # fmt: skip
-    found = json.loads(probe.stdout.splitlines()[-1])
+    found = leftovers(tag)
     assert found["modules"] > 100, found
     assert found["compiled at every start"] == [], "no valid bytecode in the image for these"
     assert found["debug symbols"] == [] and found["build files"] == [], found
@@ -259,6 +270,31 @@ def test_the_image_holds_what_the_server_runs_and_no_build_leftovers(image):
     assert_holds_what_the_server_runs_and_no_build_leftovers(image.tag)
     env = json.loads(docker("inspect", "-f", "{{json .Config.Env}}", image.tag).stdout)
     assert "ORT_DISABLE_TELEMETRY=1" in env, "ONNX Runtime's telemetry is off in the image"
+
+
+def test_the_probe_sees_bytecode_that_no_longer_matches_its_source(image):
+    source = "/opt/app/crisp_ml/serving/app.py"
+    assert leftovers(image.tag, touched=source)["compiled at every start"] == [source]
+
+
+def test_a_bundle_that_would_not_start_fails_the_build(image, docker_base_image):
+    """The image's own start-up check runs in its build: an edited model file stops it there,
+    with the server's refusal, before any image is tagged."""
+    project = image.project
+    project.cli("image", "--no-build")
+    mlmodel = project.root / "build" / "image" / "bundle" / "model" / "MLmodel"
+    try:
+        mlmodel.write_text(mlmodel.read_text() + "# edited after export\n")
+        built = docker(
+            "build", "--build-arg", f"BASE_IMAGE={docker_base_image}", "-t", "tampered:never",
+            str(project.root), check=False, timeout=900,
+        )  # fmt: skip
+        output = built.stdout + built.stderr
+        assert built.returncode != 0, output[-3000:]
+        assert "refusing to start" in output and "MLmodel: SHA-256" in output, output[-3000:]
+        assert docker("image", "inspect", "tampered:never", check=False).returncode != 0
+    finally:
+        project.cli("image", "--no-build")
 
 
 def test_runs_as_a_non_root_user(image, served):
