@@ -241,6 +241,14 @@ def test_labels_are_joined_by_id_whatever_its_type(tmp_path):
     assert pd.isna(joined["y"].iloc[2]), "a row without a label stays unlabelled"
 
 
+def test_labels_join_when_a_blank_id_cell_made_the_csv_read_ids_as_decimals(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("request_id,y\n7,no\n,yes\n8,yes\n")  # pandas reads 7.0, NaN, 8.0
+    batch = pd.DataFrame({"request_id": ["8", "7"], "x": [1.0, 2.0]})
+    joined = attach_labels(batch, str(labels), "request_id", "y")
+    assert joined["y"].tolist() == ["yes", "no"]
+
+
 def test_repeated_label_ids_and_a_missing_id_column_are_refused(tmp_path):
     labels = tmp_path / "labels.csv"
     pd.DataFrame({"request_id": [7, 7], "y": ["no", "yes"]}).to_csv(labels, index=False)

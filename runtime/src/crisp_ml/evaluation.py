@@ -59,6 +59,19 @@ def predict(model, X: pd.DataFrame, y: pd.Series, task: str) -> Predictions:
     return Predictions(np.asarray(y), y_pred, proba, classes)
 
 
+def label_text(value: Any) -> str:
+    """A class label or an id as text; an integral float reads as the integer (1.0 from a CSV is 1)."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def label_texts(values: pd.Series) -> np.ndarray:
+    """`label_text` of each value, computed once per distinct value."""
+    codes, distinct = pd.factorize(values, use_na_sentinel=False)
+    return np.array([label_text(v) for v in distinct], dtype=object)[codes]
+
+
 def positive_label(classes: list, positive_class: str) -> Any:
     """The class the use case is about: `use_case.positive_class`, else the second of two classes
     (scikit-learn's convention); None for several classes and no positive class."""

@@ -68,7 +68,7 @@ import pandas as pd
 from scipy import stats
 
 from . import evaluation, project
-from .evaluation import Predictions
+from .evaluation import Predictions, label_texts
 from .project import resolve_path
 from .serving.arms import AB, CHALLENGER, CHAMPION, SHADOW, SHADOW_ARM
 from .serving.predlog import is_summary
@@ -483,19 +483,6 @@ def arm_frames(joined: pd.DataFrame, plan: ExperimentPlan) -> dict[str, pd.DataF
             "challenger's share of traffic (SERVING_MODE=ab) and wait for more outcomes"
         )
     return {arm: joined[(arms == arm).to_numpy()].reset_index(drop=True) for arm in ARMS}
-
-
-def label_text(value: Any) -> str:
-    """A class label as text; an integral float reads as the integer (1.0 from a CSV is 1)."""
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def label_texts(values: pd.Series) -> np.ndarray:
-    """`label_text` of each value, computed once per distinct value."""
-    codes, distinct = pd.factorize(values, use_na_sentinel=False)
-    return np.array([label_text(v) for v in distinct], dtype=object)[codes]
 
 
 def predictions(frame: pd.DataFrame, plan: ExperimentPlan) -> Predictions:

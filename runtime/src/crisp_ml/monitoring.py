@@ -225,13 +225,17 @@ def attach_labels(batch: pd.DataFrame, labels_path: str, id_column: str, target:
             )
     if target not in labels.columns:
         raise MonitoringError(f"monitoring.labels_path has no column {target!r} (data.target)")
-    ids = labels[id_column].astype(str)  # "7" in a CSV and 7 in the log are the same id
+    labels = labels.dropna(subset=[id_column])  # a label without an id labels no row
+    # As text, as the experiment joins outcomes: "7" in the log, 7 in a CSV and 7.0 in a CSV
+    # whose id column has a blank cell are the same id.
+    ids = pd.Series(evaluation.label_texts(labels[id_column]), dtype=object)
     if ids.duplicated().any():
         raise MonitoringError(
             f"monitoring.labels_path: ids repeat in {id_column!r}, e.g. {ids[ids.duplicated()].iloc[0]!r}"
         )
     joined = batch.copy()
-    joined[target] = batch[id_column].astype(str).map(labels[target].set_axis(ids))
+    batch_ids = pd.Series(evaluation.label_texts(batch[id_column]), index=batch.index)
+    joined[target] = batch_ids.map(labels[target].set_axis(ids))
     return joined
 
 
