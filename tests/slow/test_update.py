@@ -124,11 +124,24 @@ def test_an_update_merges_the_template_and_keeps_the_teams_edit(
     project.cli("pipeline", "--smoke", "--set", "deployment.build_image=false")
 
 
-def test_a_conflicting_edit_is_marked_and_the_teams_edit_kept(
-    history, generate_and_install, tmp_path
-):
+@pytest.fixture(scope="module")
+def older_project(history, generate_and_install, tmp_path_factory):
+    """A project of the older commit, shared by the tests below: the refusal leaves it as it was."""
     url, old, _ = history
-    project = generate_and_install(url, old, tmp_path, project_name="Update Conflict")
+    return generate_and_install(url, old, tmp_path_factory.mktemp("older"), project_name="Older")
+
+
+def test_update_refuses_uncommitted_changes(older_project):
+    params = older_project.root / "params.yaml"
+    params.write_text("task: classification\n")
+    done = older_project.make("update", check=False)
+    assert done.returncode != 0 and "uncommitted changes" in done.stderr
+    assert params.read_text() == "task: classification\n"
+    git(older_project.root, "checkout", "--", "params.yaml")
+
+
+def test_a_conflicting_edit_is_marked_and_the_teams_edit_kept(older_project):
+    project = older_project
     mine = "We tune fewer settings on purpose."
     team_edit(project, "03_modelling.ipynb", SEARCH_CELL, mine)
 
@@ -139,12 +152,3 @@ def test_a_conflicting_edit_is_marked_and_the_teams_edit_kept(
     nbformat.validate(nbformat.read(notebook, as_version=4))  # still a notebook, never broken JSON
     merged = cell_text(notebook, SEARCH_CELL)
     assert "<<<<<<< local" in merged and mine in merged and OLD_NOTE in merged
-
-
-def test_update_refuses_uncommitted_changes(history, generate_and_install, tmp_path):
-    url, old, _ = history
-    project = generate_and_install(url, old, tmp_path, project_name="Update Dirty")
-    (project.root / "params.yaml").write_text("task: classification\n")
-    done = project.make("update", check=False)
-    assert done.returncode != 0 and "uncommitted changes" in done.stderr
-    assert (project.root / "params.yaml").read_text() == "task: classification\n"
