@@ -2,6 +2,7 @@
 
     build/image/requirements.txt   the dependency group of pyproject.toml for the model's runtime:
                                    `serve-onnx` for a model compiled to ONNX, else `serve`
+    build/image/slim_venv.sh       what the builder stage runs once pip has filled the venv
     build/image/app/crisp_ml/      the serving modules of the runtime (no MLflow among them)
     build/image/bundle/            the model version and its manifest (see export.py)
     build/image/challenger/        the second version for ab and shadow images (arms.py); empty
@@ -44,6 +45,7 @@ from . import model as served
 
 PACKAGE = __package__.split(".")[0]
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+SLIM_SCRIPT = "slim_venv.sh"  # the builder stage's: what the server never runs leaves the venv
 # What the image runs: the serving modules that import neither MLflow nor Docker.
 RUNTIME_MODULES = (
     "__init__.py",
@@ -189,6 +191,7 @@ def stage(
     shutil.copy2(PACKAGE_DIR / "__init__.py", app / "__init__.py")
     for name in RUNTIME_MODULES:
         shutil.copy2(PACKAGE_DIR / "serving" / name, app / "serving" / name)
+    shutil.copy2(PACKAGE_DIR / "serving" / SLIM_SCRIPT, context / SLIM_SCRIPT)
     bundle, manifest = export.export_bundle(version, context / "bundle")
     held = [bundle]
     (context / "challenger").mkdir()
