@@ -71,7 +71,8 @@ def files(root: Path = HERE) -> dict[str, bytes]:
     contents = {
         f"{PACKAGE}/{path.relative_to(source).as_posix()}": path.read_bytes()
         for path in sorted(source.rglob("*"))
-        if path.is_file() and (path.suffix == ".py" or path.name == "py.typed")
+        # every file of the package (py.typed, serving/slim_venv.sh), never bytecode
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
     }
     info = f"{project['name'].replace('-', '_')}-{number}.dist-info"
     contents[f"{info}/METADATA"] = metadata(project, number).encode()
