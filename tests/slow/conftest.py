@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from cookiecutter.main import cookiecutter
+from ports import free_port
 
 TEMPLATE = Path(__file__).resolve().parents[2]
 ENGINE_SCRIPT = TEMPLATE / ".ci" / "engine"
@@ -48,13 +48,6 @@ for line in sys.stdin:
     answers.write(json.dumps(answer) + "\n")
     answers.flush()
 """
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class QueryProcess:

@@ -3,7 +3,6 @@ to run (read-only, a tmpfs at /tmp, a loopback port) until it answers /ping."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import urllib.error
@@ -11,6 +10,7 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
+from ports import free_port
 
 
 def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -29,12 +29,6 @@ class Container:
 
     def exec(self, *command: str, check: bool = False) -> subprocess.CompletedProcess:
         return docker("exec", self.id, *command, check=check)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_container(tag: str, *extra: str) -> Container:

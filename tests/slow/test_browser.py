@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 from playwright.sync_api import expect, sync_playwright
+from ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]
 
@@ -60,12 +60,6 @@ class Server:
     url: str
     process: subprocess.Popen
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.error
@@ -13,6 +12,7 @@ import urllib.request
 import numpy as np
 import pandas as pd
 import pytest
+from ports import free_port
 from sklearn.datasets import load_wine
 
 pytestmark = pytest.mark.slow
@@ -328,12 +328,6 @@ def test_tracking_uri_from_the_environment_wins(project, tmp_path):
     store = tmp_path / "elsewhere.db"
     project.cli("pipeline", "--only", "01", env={"MLFLOW_TRACKING_URI": f"sqlite:///{store}"})
     assert store.is_file() and store.stat().st_size > 0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def get_json(url: str):

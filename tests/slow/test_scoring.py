@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -29,16 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from ports import free_port
 
 pytestmark = pytest.mark.slow
 
 ID = "visit"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def loud_skip(message: str) -> None:

@@ -19,7 +19,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import textwrap
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team")]
 
@@ -39,12 +39,6 @@ PROJECT = {"task": "classification", "tracking": "server", "project_name": "Team
 SMOKE = ("pipeline", "--smoke", "--set", "deployment.build_image=false")
 WAIT = 180.0  # the longest any server may take to answer (a first start migrates its schema)
 ADMIN = ("admin", "Adm1n-pass%word")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def banner(message: str) -> None:
