@@ -19,6 +19,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = "crisp_ml"
+# What the package is made of: a stray file in the checkout (an editor's backup) stays out, and a
+# new kind of file fails the wheel's test until it is named here.
+SOURCE_SUFFIXES = (".py", ".sh")  # .sh: serving/slim_venv.sh, which the image's builder runs
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry holds: no build time leaks in
 
 
@@ -71,8 +74,7 @@ def files(root: Path = HERE) -> dict[str, bytes]:
     contents = {
         f"{PACKAGE}/{path.relative_to(source).as_posix()}": path.read_bytes()
         for path in sorted(source.rglob("*"))
-        # every file of the package (py.typed, serving/slim_venv.sh), never bytecode
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        if path.is_file() and (path.suffix in SOURCE_SUFFIXES or path.name == "py.typed")
     }
     info = f"{project['name'].replace('-', '_')}-{number}.dist-info"
     contents[f"{info}/METADATA"] = metadata(project, number).encode()
