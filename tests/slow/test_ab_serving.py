@@ -117,6 +117,24 @@ def champion_example(project) -> dict:
     )
 
 
+@pytest.mark.parametrize(
+    ("given", "refusal"),
+    [
+        (("--challenger", "champion"), "the champion and the challenger are both"),
+        (("--routing-column", "no_such_column"), "'no_such_column' is not an input column"),
+    ],
+)
+def test_an_image_of_a_pair_the_server_would_refuse_is_refused_before_any_build(
+    two_versions, given, refusal
+):
+    """Staging asks the server's own checks (no engine needed): the refusal comes before a build,
+    and no half-staged build context is left to build by hand."""
+    project, _ = two_versions
+    done = project.cli("image", "--mode", "ab", *given, "--no-build", check=False)
+    assert done.returncode != 0 and refusal in done.stderr, done.stderr
+    assert not (project.root / "build" / "image").exists()
+
+
 def test_the_ab_image_holds_both_versions_and_each_answers(two_versions, docker_base_image):
     project, _ = two_versions
     done = project.cli(

@@ -42,6 +42,8 @@ from ..project import project_root, settings
 from . import arms, export
 from . import bundle as bundle_files
 from . import model as served
+from .settings import Settings
+from .versions import ChallengerMismatch, load_arm, load_challenger
 
 PACKAGE = __package__.split(".")[0]
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -186,6 +188,16 @@ def stage(
     context = context_dir()
     if context.exists():
         shutil.rmtree(context)
+    try:
+        return _stage_into(context, version, echo, serving)
+    except BaseException:
+        shutil.rmtree(context, ignore_errors=True)  # no context that looks ready to build
+        raise
+
+
+def _stage_into(
+    context: Path, version: str | int | None, echo: Echo, serving: Serving
+) -> tuple[Path, dict, str]:
     app = context / "app" / PACKAGE
     (app / "serving").mkdir(parents=True)
     shutil.copy2(PACKAGE_DIR / "__init__.py", app / "__init__.py")
@@ -196,7 +208,7 @@ def stage(
     held = [bundle]
     (context / "challenger").mkdir()
     if serving.mode != arms.SINGLE:
-        held.append(_stage_challenger(context / "challenger", manifest, serving))
+        held.append(_stage_challenger(context / "challenger", bundle, serving))
     runtimes = {served.chosen_runtime(folder / bundle_files.MODEL_DIR) for folder in held}
     runtime = runtimes.pop() if len(runtimes) == 1 else served.SKLEARN  # one runtime for all
     requirements = serve_requirements(group=SERVE_GROUPS[runtime])
@@ -207,30 +219,19 @@ def stage(
     return context, manifest, runtime
 
 
-def _stage_challenger(dest: Path, champion: dict, serving: Serving) -> Path:
-    """The challenger's bundle, refused here when the server would refuse it."""
-    folder, manifest = export.export_bundle(serving.challenger, dest)
-    ours, theirs = champion["model"], manifest["model"]
-    if str(ours["version"]) == str(theirs["version"]):
-        raise ImageError(
-            f"--challenger {serving.challenger} is version {theirs['version']}, the champion "
-            f"itself: a {serving.mode} image holds two versions; name another one"
-        )
-    columns = [
-        served.signature_columns(served.read_mlmodel(f / bundle_files.MODEL_DIR))
-        for f in (dest.parent / "bundle", folder)
-    ]
-    if columns[0] != columns[1]:
-        raise ImageError(
-            f"version {theirs['version']} takes other input columns than the champion "
-            f"(version {ours['version']}): in {serving.mode} mode every request must suit both"
-        )
-    names = [c.name for c in columns[0]]
-    if serving.mode == arms.AB and serving.routing_column and serving.routing_column not in names:
-        raise ImageError(
-            f"--routing-column {serving.routing_column!r} is not an input column "
-            f"({', '.join(names)})"
-        )
+def _stage_challenger(dest: Path, champion: Path, serving: Serving) -> Path:
+    """The challenger's bundle, refused now, with the server's own reasons (versions.py), when the
+    server in the image would refuse the pair: another version, the same input columns and task,
+    and in ab mode a routing column among them."""
+    folder, _ = export.export_bundle(serving.challenger, dest)
+    plan = arms.Plan(
+        mode=serving.mode, challenger_bundle=str(folder), share=serving.share,
+        routing_column=serving.routing_column,
+    )  # fmt: skip
+    try:
+        load_challenger(Settings(plan=plan), load_arm(arms.CHAMPION, champion, None))
+    except (arms.SettingsError, ChallengerMismatch) as problem:
+        raise ImageError(f"no {serving.mode} image of this pair: {problem}") from None
     return folder
 
 

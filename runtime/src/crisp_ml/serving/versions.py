@@ -16,8 +16,9 @@ fast as the champion (benchmarks/serving.py --modes, ONNX, one worker); with idl
 requests, nothing. serving_arm_requests_total and serving_arm_predict_seconds count and time each
 arm (champion, challenger, shadow) and version.
 
-Apart from arms.py, which the developer's machine imports too (`make image` checks the settings
-with it) and which loads no model; apart from app.py, as none of it is HTTP.
+Apart from arms.py, which loads no model (`make image` parses its settings with it); apart from
+app.py, as none of it is HTTP. `make image` also runs `load_challenger` on the pair it stages, so
+the image is refused before a build for the reasons its server would refuse to start.
 """
 
 from __future__ import annotations
