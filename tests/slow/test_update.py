@@ -19,7 +19,8 @@ import pytest
 
 TEMPLATE = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+# One group: the tests share the template history and the older project (one worker holds them).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.xdist_group("update")]
 
 IDENTITY = ["-c", "user.name=test", "-c", "user.email=test@localhost"]
 SEARCH_CELL = "## Cross-validated search"  # the markdown cell of 03 the template changes
@@ -134,10 +135,12 @@ def older_project(history, generate_and_install, tmp_path_factory):
 def test_update_refuses_uncommitted_changes(older_project):
     params = older_project.root / "params.yaml"
     params.write_text("task: classification\n")
-    done = older_project.make("update", check=False)
-    assert done.returncode != 0 and "uncommitted changes" in done.stderr
-    assert params.read_text() == "task: classification\n"
-    git(older_project.root, "checkout", "--", "params.yaml")
+    try:
+        done = older_project.make("update", check=False)
+        assert done.returncode != 0 and "uncommitted changes" in done.stderr
+        assert params.read_text() == "task: classification\n"
+    finally:
+        git(older_project.root, "checkout", "--", "params.yaml")
 
 
 def test_a_conflicting_edit_is_marked_and_the_teams_edit_kept(older_project):
