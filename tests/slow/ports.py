@@ -1,5 +1,6 @@
 """The loopback port for each server the slow lane starts (MLflow, JupyterLab, Spark, serve,
-containers): one the kernel hands out free, so parallel tests never collide."""
+containers): one the kernel hands out free. Another process may take it between this check and
+the server's bind, which is rare on loopback; a server that cannot bind fails its test loudly."""
 
 from __future__ import annotations
 
