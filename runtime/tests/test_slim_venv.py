@@ -17,6 +17,7 @@ import pytest
 from crisp_ml.serving.image import PACKAGE_DIR, SLIM_SCRIPT
 
 SCRIPT = PACKAGE_DIR / "serving" / SLIM_SCRIPT
+SITE = Path("lib/python3.11/site-packages")  # in the made-up venv; the script finds python*
 TOOLS = {
     "pip": 'echo "pip $*" >> "$CALLS"; exit "${PIP_EXIT:-0}"',
     "apt-get": 'echo "apt-get $*" >> "$CALLS"; exit "${APT_EXIT:-0}"',
@@ -66,7 +67,7 @@ LIBRARIES = ("numpy/_core/_multiarray.so", "numpy/_core/_nodebug.so", "numpy.lib
 def venv(tmp_path) -> Path:
     """A venv as pip leaves it: ONNX Runtime asking for protobuf, and files the server never runs."""
     root = tmp_path / "venv"
-    site = root / "lib" / "python3.11" / "site-packages"
+    site = root / SITE
     kept = ("numpy/__init__.py", "onnxruntime/capi/_pybind_state.py")
     for name in LEFT_OUT + kept:
         (site / name).parent.mkdir(parents=True, exist_ok=True)
@@ -89,9 +90,9 @@ def slim(venv: Path, tmp_path: Path, **env: str) -> tuple[subprocess.CompletedPr
         write_script((venv / "bin" if name == "pip" else tools) / name, body)
     calls = tmp_path / "calls"
     calls.write_text("")
-    site = next((venv / "lib").glob("python*/site-packages"))
     env = {
-        "PATH": f"{tools}:/usr/bin:/bin", "CALLS": str(calls), "PYTHONPATH": str(site), **env,
+        "PATH": f"{tools}:/usr/bin:/bin", "CALLS": str(calls), "PYTHONPATH": str(venv / SITE),
+        **env,
     }  # fmt: skip
     done = subprocess.run(["sh", str(SCRIPT), str(venv)], env=env, capture_output=True,
                           text=True, timeout=60, check=False)  # fmt: skip
@@ -99,7 +100,7 @@ def slim(venv: Path, tmp_path: Path, **env: str) -> tuple[subprocess.CompletedPr
 
 
 def site_files(venv: Path) -> set[str]:
-    site = next((venv / "lib").glob("python*/site-packages"))
+    site = venv / SITE
     return {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()}
 
 
@@ -112,24 +113,23 @@ def test_what_the_server_never_runs_goes_and_what_it_runs_stays(venv, tmp_path):
     assert "pip uninstall --yes protobuf" in calls, "ONNX Runtime alone asked for it"
     assert "pip uninstall --yes pip setuptools" in calls
     stripped = [c for c in calls if c.startswith("strip")]
-    assert stripped == [
-        f"strip --strip-debug {venv}/lib/python3.11/site-packages/numpy/_core/_multiarray.so"
-    ], "extension modules with debug sections only: never a library a wheel vendors in *.libs"
+    assert stripped == [f"strip --strip-debug {venv / SITE / LIBRARIES[0]}"], (
+        "extension modules with debug sections only: never a library a wheel vendors in *.libs"
+    )
 
 
 @pytest.mark.parametrize(
     "another", [("grpcio-status", "protobuf>=5"), ("mlflow-skinny", "protobuf<7,>=3.12.0")]
 )
 def test_protobuf_stays_when_another_package_asks_for_it(venv, tmp_path, another):
-    dist(next((venv / "lib").glob("python*/site-packages")), *another)
+    dist(venv / SITE, *another)
     done, calls = slim(venv, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "pip uninstall --yes protobuf" not in calls
 
 
 def test_a_request_behind_an_extra_is_not_one(venv, tmp_path):
-    site = next((venv / "lib").glob("python*/site-packages"))
-    dist(site, "opentelemetry-proto", 'protobuf; extra == "grpc"')
+    dist(venv / SITE, "opentelemetry-proto", 'protobuf; extra == "grpc"')
     done, calls = slim(venv, tmp_path)
     assert "pip uninstall --yes protobuf" in calls, done.stderr
 
