@@ -133,11 +133,16 @@ def test_ab_splits_distinct_request_ids_within_binomial_tolerance_of_the_share(c
     # The split over many ids is the routing function's; the server is shown to follow it per id
     # (each request scored by a real model costs milliseconds, the function microseconds).
     n = 20_000
-    to_challenger = sum(arms.route(f"split-{share}-{i}", share) == "challenger" for i in range(n))
+    to_challenger = sum(
+        arms.route(f"split-{share}-{i}", share) == arms.CHALLENGER for i in range(n)
+    )
     sigma = (n * share * (1 - share)) ** 0.5
     assert abs(to_challenger - n * share) <= 4 * sigma, to_challenger
     champion, challenger = classifiers
-    version = {"champion": "7", "challenger": "8"}
+    version = {
+        arms.CHAMPION: PROVENANCE["version"],
+        arms.CHALLENGER: CHALLENGER_PROVENANCE["version"],
+    }
     with TestClient(create_app(champion, settings("ab", challenger, share=share))) as client:
         for i in range(200):
             key = f"split-{share}-{i}"
