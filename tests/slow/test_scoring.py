@@ -5,8 +5,8 @@ score` (local engine, in chunks) must answer as the running server's /invocation
 same rows; the job is an MLflow run; its prediction log is one 06 judges. The Spark engine (pyspark
 from the runtime's `spark` extra, Java from the system) must give the same rows on `local[2]`, and
 for classification on a standalone cluster of one master and two workers on loopback, started and
-stopped here (how rows travel to executors does not depend on the task). A missing column is refused before scoring; a job killed mid-way leaves nothing under the output's
-name.
+stopped here (how rows travel to executors does not depend on the task). A missing column is
+refused before scoring; a job killed mid-way leaves nothing under the output's name.
 
 Spark tests are skipped, loudly, only where Java is missing or pyspark cannot be installed.
 """
