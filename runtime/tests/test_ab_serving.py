@@ -484,6 +484,19 @@ def test_a_challenger_with_another_signature_is_refused_with_exit_4(
     assert code == 4 and "signatures must be the same" in err and "count: long" in err, err
 
 
+def test_a_challenger_of_the_other_task_is_refused_with_exit_4(
+    classifiers, tmp_path_factory, capsys
+):
+    """The same input columns, another question: a regressor cannot challenge a classifier."""
+    _, regressor = make_bundles(tmp_path_factory, "regression")
+    # --check: the start's own checks, then exit; were the refusal gone, this returns 0, not serves
+    code, err = refusal(
+        capsys, "--check", "--bundle", str(classifiers[0]), "--mode", "ab",
+        "--challenger-bundle", str(regressor),
+    )  # fmt: skip
+    assert code == 4 and "a regression model, the champion a classification one" in err, err
+
+
 def test_a_challenger_whose_file_differs_from_its_manifest_is_refused_with_exit_3(
     bundles, capsys, tmp_path
 ):
